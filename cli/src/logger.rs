@@ -1,0 +1,25 @@
+//! The binary's logger: env_logger writing `[seconds LEVEL module] message` to stderr, with
+//! seconds counted from process start so boot steps can be timed from the log.
+
+use std::io::Write;
+use std::time::Instant;
+
+/// Installs the logger at `level`. Only the binary does this; libraries use the `log` facade.
+pub fn init(level: log::LevelFilter) {
+    let start = Instant::now();
+    let mut builder = env_logger::Builder::new();
+    builder.filter_level(level).format(move |out, record| {
+        let elapsed = start.elapsed();
+        writeln!(
+            out,
+            "[{:>4}.{:06} {:<5} {}] {}",
+            elapsed.as_secs(),
+            elapsed.subsec_micros(),
+            record.level(),
+            record.target(),
+            record.args()
+        )
+    });
+    // A second init (never done by petrel) would fail harmlessly.
+    let _ = builder.try_init();
+}

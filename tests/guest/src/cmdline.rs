@@ -1,0 +1,45 @@
+//! Parsing the `petrel.*` parameters of the kernel command line.
+
+/// Largest command line the guest reads (bytes, without the NUL).
+pub const MAX_CMDLINE: usize = 4096;
+
+/// The parameters the guest understands. Later occurrences win, like Linux's parameters.
+pub struct Args<'a> {
+    /// `petrel.scenario=NAME`.
+    pub scenario: Option<&'a [u8]>,
+    /// `petrel.count=N` (raw text; scenarios parse it).
+    pub count: Option<&'a [u8]>,
+}
+
+impl<'a> Args<'a> {
+    /// Splits on spaces/tabs/newlines and picks `petrel.*=` tokens.
+    pub fn parse(text: &'a [u8]) -> Args<'a> {
+        let mut args = Args {
+            scenario: None,
+            count: None,
+        };
+        for tok in text.split(|&b| b == b' ' || b == b'\t' || b == b'\n') {
+            if let Some(v) = tok.strip_prefix(b"petrel.scenario=") {
+                args.scenario = Some(v);
+            } else if let Some(v) = tok.strip_prefix(b"petrel.count=") {
+                args.count = Some(v);
+            }
+        }
+        args
+    }
+}
+
+/// Parses a decimal u64; None on an empty string, a non-digit or overflow.
+pub fn parse_dec(s: &[u8]) -> Option<u64> {
+    if s.is_empty() || s.len() > 20 {
+        return None;
+    }
+    let mut v: u64 = 0;
+    for &b in s {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        v = v.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
+    }
+    Some(v)
+}

@@ -1,0 +1,277 @@
+//! The VM builder: a linear recipe of small steps, from a validated [`VmConfig`] to a
+//! [`Vmm`] whose vCPUs are ready to run.
+//!
+//! The order matters and is the same as on real hardware bring-up: KVM VM and interrupt
+//! controllers → guest RAM → vCPUs (which need the in-kernel irqchip) → devices → kernel and
+//! boot structures in RAM → vCPU registers pointing at the kernel.
+
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use petrel_boot::layout::BOOT_STACK_POINTER;
+use petrel_boot::{load_linux_boot, BootEntry, BootError};
+use petrel_devices::bus::{Bus, BusError};
+use petrel_devices::legacy::absent::{AbsentDevice, ABSENT_PIO_RANGES};
+use petrel_devices::legacy::i8042::{I8042Device, I8042_PORT, I8042_PORT_LEN};
+use petrel_devices::legacy::serial::{SerialDevice, COM1_IRQ, COM1_PORT, SERIAL_PORT_LEN};
+use petrel_memory::guest_ram::{create_guest_memory, GuestRamError};
+use petrel_memory::layout::MemoryLayout;
+use petrel_memory::GuestMemoryMmap;
+use petrel_vcpu::cpu_features::{parse_cpu_features, CpuFeatureChange};
+use petrel_vcpu::setup::EntryState;
+use petrel_vcpu::vcpu::Vcpu;
+use petrel_vcpu::VcpuError;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::config::{ConfigError, VmConfig};
+use crate::console::ConsoleError;
+use crate::irq::{IrqError, IrqfdLine};
+use crate::kvm_vm::{KvmVm, KvmVmError};
+use crate::vmm::Vmm;
+
+/// Errors from building a VM.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The console output could not be opened.
+    #[error(transparent)]
+    Console(#[from] ConsoleError),
+    /// A kernel or initrd file could not be opened.
+    #[error("cannot open {what} {path}")]
+    OpenFile {
+        /// "kernel" or "initrd".
+        what: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// Creating or setting up the KVM VM failed.
+    #[error(transparent)]
+    Kvm(#[from] KvmVmError),
+    /// Guest RAM could not be created.
+    #[error("cannot create guest memory")]
+    GuestRam(#[source] GuestRamError),
+    /// A vCPU could not be created or configured.
+    #[error("cannot set up vCPU {index}")]
+    Vcpu {
+        /// Which vCPU.
+        index: u32,
+        /// What failed.
+        #[source]
+        source: VcpuError,
+    },
+    /// A device's interrupt line could not be set up.
+    #[error(transparent)]
+    Irq(#[from] IrqError),
+    /// A device could not be placed on a bus.
+    #[error("cannot place {what} on the bus")]
+    Bus {
+        /// The device.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: BusError,
+    },
+    /// An eventfd for a device could not be created.
+    #[error("cannot create an eventfd for {0}")]
+    EventFd(&'static str, #[source] io::Error),
+    /// The kernel, initrd or command line could not be loaded.
+    #[error("cannot boot {path}")]
+    Boot {
+        /// The kernel path.
+        path: PathBuf,
+        /// What was wrong.
+        #[source]
+        source: BootError,
+    },
+}
+
+impl BuildError {
+    /// Whether the error comes from the user's configuration rather than from the host.
+    pub fn is_config_error(&self) -> bool {
+        matches!(self, BuildError::Config(_))
+    }
+}
+
+/// The legacy devices, and the handles the event loop needs to drive them.
+pub struct LegacyDevices {
+    /// The port-I/O bus with COM1, the i8042 and the absent ports.
+    pub pio_bus: Bus,
+    /// The serial console.
+    pub serial: Arc<Mutex<SerialDevice>>,
+    /// Signalled when the serial receive FIFO is drained.
+    pub serial_input_drained: EventFd,
+    /// Signalled when the guest resets through the i8042.
+    pub reset: EventFd,
+}
+
+/// Builds a VM from `config`, ready for [`Vmm::run`].
+pub fn build_vm(config: &VmConfig) -> Result<Vmm, BuildError> {
+    config.validate()?;
+    let layout = config.memory_layout()?;
+    let cpu_features = parse_cpu_features(&config.cpu_features).map_err(ConfigError::from)?;
+    let console_output = config.console.open_output()?;
+    let mut kernel = open_file("kernel", &config.kernel)?;
+    let mut initrd = config
+        .initrd
+        .as_deref()
+        .map(|path| open_file("initrd", path))
+        .transpose()?;
+
+    let vm = KvmVm::create()?;
+    vm.check_vcpu_count(config.vcpus)?;
+    let memory = create_memory(&vm, &layout)?;
+    let mut vcpus = create_vcpus(&vm, config.vcpus)?;
+    let devices = attach_legacy_devices(&vm, console_output)?;
+    let boot = load_linux_boot(
+        &memory,
+        &layout,
+        &mut kernel,
+        initrd.as_mut(),
+        &config.cmdline,
+    )
+    .map_err(|source| BuildError::Boot {
+        path: config.kernel.clone(),
+        source,
+    })?;
+    log_boot_entry(&boot);
+    configure_vcpus(&vm, &mut vcpus, &cpu_features, &boot)?;
+    Ok(Vmm::new(
+        vm,
+        memory,
+        vcpus,
+        devices,
+        config.console.takes_stdin(),
+    ))
+}
+
+fn open_file(what: &'static str, path: &Path) -> Result<File, BuildError> {
+    File::open(path).map_err(|source| BuildError::OpenFile {
+        what,
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Creates guest RAM for `layout` and registers it with KVM.
+fn create_memory(vm: &KvmVm, layout: &MemoryLayout) -> Result<GuestMemoryMmap, BuildError> {
+    let memory = create_guest_memory(layout).map_err(BuildError::GuestRam)?;
+    vm.register_memory(&memory)?;
+    Ok(memory)
+}
+
+/// Creates `count` vCPUs; the in-kernel irqchip already exists, as KVM requires.
+fn create_vcpus(vm: &KvmVm, count: u32) -> Result<Vec<Vcpu>, BuildError> {
+    (0..count)
+        .map(|index| Vcpu::new(vm.fd(), index).map_err(|source| BuildError::Vcpu { index, source }))
+        .collect()
+}
+
+/// Places COM1, the i8042 and the absent legacy ports on a new port-I/O bus.
+fn attach_legacy_devices(
+    vm: &KvmVm,
+    console_output: Box<dyn io::Write + Send>,
+) -> Result<LegacyDevices, BuildError> {
+    let mut pio_bus = Bus::new();
+
+    let serial_input_drained =
+        EventFd::new(EFD_NONBLOCK).map_err(|e| BuildError::EventFd("the serial console", e))?;
+    let drained_for_device = serial_input_drained
+        .try_clone()
+        .map_err(|e| BuildError::EventFd("the serial console", e))?;
+    let irq = Arc::new(IrqfdLine::register(vm, COM1_IRQ)?);
+    let serial = Arc::new(Mutex::new(SerialDevice::new(
+        irq,
+        console_output,
+        Some(drained_for_device),
+    )));
+    pio_bus
+        .insert(
+            serial.clone(),
+            u64::from(COM1_PORT),
+            u64::from(SERIAL_PORT_LEN),
+        )
+        .map_err(|source| BuildError::Bus {
+            what: "COM1",
+            source,
+        })?;
+
+    let reset = EventFd::new(EFD_NONBLOCK).map_err(|e| BuildError::EventFd("the i8042", e))?;
+    let reset_for_device = reset
+        .try_clone()
+        .map_err(|e| BuildError::EventFd("the i8042", e))?;
+    let i8042 = Arc::new(Mutex::new(I8042Device::new(reset_for_device)));
+    pio_bus
+        .insert(i8042, u64::from(I8042_PORT), u64::from(I8042_PORT_LEN))
+        .map_err(|source| BuildError::Bus {
+            what: "the i8042",
+            source,
+        })?;
+
+    for (base, len, what) in ABSENT_PIO_RANGES {
+        pio_bus
+            .insert(
+                Arc::new(Mutex::new(AbsentDevice)),
+                u64::from(*base),
+                u64::from(*len),
+            )
+            .map_err(|source| BuildError::Bus { what, source })?;
+    }
+
+    Ok(LegacyDevices {
+        pio_bus,
+        serial,
+        serial_input_drained,
+        reset,
+    })
+}
+
+fn log_boot_entry(boot: &BootEntry) {
+    log::info!(
+        "kernel {:?} loaded at {:#x}..{:#x}, entry {:#x}",
+        boot.kernel.format,
+        boot.kernel.start,
+        boot.kernel.end,
+        boot.entry_point
+    );
+    if let Some(initrd) = &boot.initrd {
+        log::info!("initrd at {:#x}, {} bytes", initrd.addr, initrd.size);
+    }
+}
+
+/// Gives every vCPU its CPUID, MSRs and LAPIC setup; vCPU 0 also gets the kernel entry state.
+fn configure_vcpus(
+    vm: &KvmVm,
+    vcpus: &mut [Vcpu],
+    cpu_features: &[CpuFeatureChange],
+    boot: &BootEntry,
+) -> Result<(), BuildError> {
+    let supported_cpuid = vm.supported_cpuid()?;
+    let tables = &boot.cpu_tables;
+    let entry = EntryState {
+        rip: boot.entry_point,
+        rsi: boot.boot_params,
+        rsp: BOOT_STACK_POINTER,
+        page_table_root: tables.page_table_root,
+        gdt_base: tables.gdt_base,
+        gdt_entries: tables.gdt_entries,
+        idt_base: tables.idt_base,
+        idt_limit: tables.idt_limit,
+    };
+    let count = vcpus.len() as u32;
+    for (index, vcpu) in vcpus.iter_mut().enumerate() {
+        let entry = (index == 0).then_some(&entry);
+        vcpu.configure(&supported_cpuid, count, cpu_features, entry)
+            .map_err(|source| BuildError::Vcpu {
+                index: index as u32,
+                source,
+            })?;
+    }
+    Ok(())
+}

@@ -1,0 +1,259 @@
+//! The VM configuration: plain data, validated before anything is built.
+//!
+//! The command line, a config file and an API all produce a [`VmConfig`]; [`VmConfig::validate`]
+//! checks everything that can be checked without creating the VM, so that bad input fails fast
+//! with one clear message.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use petrel_memory::layout::{LayoutError, MemoryLayout};
+use petrel_vcpu::cpu_features::{parse_cpu_features, CpuFeatureError};
+use serde::{Deserialize, Serialize};
+
+use crate::console::ConsoleConfig;
+use crate::memory_size::MemorySize;
+
+/// The kernel command line used when none is given.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1";
+/// The guest memory size used when none is given.
+pub const DEFAULT_MEMORY: MemorySize = MemorySize::from_mib(128);
+/// The number of vCPUs used when none is given.
+pub const DEFAULT_VCPUS: u32 = 1;
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A file named in the configuration is missing or unusable.
+    #[error("{what} {path}: {problem}")]
+    BadFile {
+        /// Which file this is ("kernel", "initrd").
+        what: &'static str,
+        /// The path as given.
+        path: PathBuf,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// No vCPUs were asked for.
+    #[error("--cpus must be at least 1")]
+    NoVcpus,
+    /// The memory size is not usable.
+    #[error("--memory {size}: {source}")]
+    Memory {
+        /// The size as given.
+        size: MemorySize,
+        /// Why the layout refused it.
+        #[source]
+        source: LayoutError,
+    },
+    /// The memory size overflows when converted to bytes.
+    #[error("--memory {0} is too large")]
+    MemoryOverflow(MemorySize),
+    /// The CPU feature list is not valid.
+    #[error("--cpu-features: {0}")]
+    CpuFeatures(#[from] CpuFeatureError),
+}
+
+/// Everything needed to build and run one VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmConfig {
+    /// The kernel image: an ELF vmlinux or a bzImage.
+    pub kernel: PathBuf,
+    /// An optional initial ramdisk.
+    #[serde(default)]
+    pub initrd: Option<PathBuf>,
+    /// The kernel command line.
+    #[serde(default = "default_cmdline")]
+    pub cmdline: String,
+    /// The number of vCPUs.
+    #[serde(default = "default_vcpus")]
+    pub vcpus: u32,
+    /// Guest RAM size.
+    #[serde(default = "default_memory")]
+    pub memory: MemorySize,
+    /// CPUID feature changes, e.g. `-cx16,-avx512f`.
+    #[serde(default)]
+    pub cpu_features: String,
+    /// Where the serial console goes.
+    #[serde(default)]
+    pub console: ConsoleConfig,
+}
+
+fn default_cmdline() -> String {
+    DEFAULT_CMDLINE.to_string()
+}
+
+fn default_vcpus() -> u32 {
+    DEFAULT_VCPUS
+}
+
+fn default_memory() -> MemorySize {
+    DEFAULT_MEMORY
+}
+
+impl VmConfig {
+    /// A configuration with defaults for everything but the kernel.
+    pub fn new(kernel: impl Into<PathBuf>) -> Self {
+        Self {
+            kernel: kernel.into(),
+            initrd: None,
+            cmdline: default_cmdline(),
+            vcpus: DEFAULT_VCPUS,
+            memory: DEFAULT_MEMORY,
+            cpu_features: String::new(),
+            console: ConsoleConfig::default(),
+        }
+    }
+
+    /// Checks everything that can be checked before the VM exists.
+    ///
+    /// Limits that depend on the host's KVM (such as the most vCPUs it allows) are checked by
+    /// the builder.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check_regular_file("kernel", &self.kernel)?;
+        if let Some(initrd) = &self.initrd {
+            check_regular_file("initrd", initrd)?;
+        }
+        if self.vcpus == 0 {
+            return Err(ConfigError::NoVcpus);
+        }
+        self.memory_layout()?;
+        parse_cpu_features(&self.cpu_features)?;
+        Ok(())
+    }
+
+    /// The guest-physical memory layout for the configured RAM size.
+    pub fn memory_layout(&self) -> Result<MemoryLayout, ConfigError> {
+        let bytes = self
+            .memory
+            .bytes()
+            .ok_or(ConfigError::MemoryOverflow(self.memory))?;
+        MemoryLayout::new(bytes).map_err(|source| ConfigError::Memory {
+            size: self.memory,
+            source,
+        })
+    }
+}
+
+/// Checks that `path` names a readable regular file.
+fn check_regular_file(what: &'static str, path: &Path) -> Result<(), ConfigError> {
+    let bad = |problem: String| ConfigError::BadFile {
+        what,
+        path: path.to_path_buf(),
+        problem,
+    };
+    let metadata = fs::metadata(path).map_err(|e| bad(io_problem(&e)))?;
+    if metadata.is_dir() {
+        return Err(bad("is a directory, not a file".to_string()));
+    }
+    if !metadata.is_file() {
+        return Err(bad("is not a regular file".to_string()));
+    }
+    if metadata.len() == 0 {
+        return Err(bad("is empty".to_string()));
+    }
+    fs::File::open(path).map_err(|e| bad(io_problem(&e)))?;
+    Ok(())
+}
+
+fn io_problem(error: &std::io::Error) -> String {
+    match error.kind() {
+        std::io::ErrorKind::NotFound => "no such file".to_string(),
+        std::io::ErrorKind::PermissionDenied => "permission denied".to_string(),
+        _ => error.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_file(name: &str, contents: &[u8]) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("petrel-config-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        fs::write(&path, contents).unwrap();
+        path
+    }
+
+    #[test]
+    fn a_plain_config_validates() {
+        let kernel = temp_file("kernel-ok", b"\x7fELF....");
+        VmConfig::new(&kernel).validate().unwrap();
+    }
+
+    #[test]
+    fn missing_directory_and_empty_kernels_are_refused() {
+        let missing = VmConfig::new("/nonexistent/petrel/vmlinux");
+        let err = missing.validate().unwrap_err().to_string();
+        assert_eq!(err, "kernel /nonexistent/petrel/vmlinux: no such file");
+
+        let dir = VmConfig::new(std::env::temp_dir());
+        assert!(dir
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("is a directory"));
+
+        let empty = VmConfig::new(temp_file("kernel-empty", b""));
+        assert!(empty
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .ends_with("is empty"));
+    }
+
+    #[test]
+    fn initrd_is_checked_too() {
+        let mut config = VmConfig::new(temp_file("kernel-initrd", b"x"));
+        config.initrd = Some(PathBuf::from("/nonexistent/initrd"));
+        assert!(config
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .starts_with("initrd /nonexistent/initrd"));
+    }
+
+    #[test]
+    fn zero_vcpus_and_bad_memory_are_refused() {
+        let kernel = temp_file("kernel-limits", b"x");
+        let mut config = VmConfig::new(&kernel);
+        config.vcpus = 0;
+        assert!(matches!(config.validate(), Err(ConfigError::NoVcpus)));
+
+        let mut config = VmConfig::new(&kernel);
+        config.memory = MemorySize::from_mib(0);
+        assert!(matches!(config.validate(), Err(ConfigError::Memory { .. })));
+
+        config.memory = MemorySize::from_mib(u64::MAX / 2);
+        assert!(matches!(
+            config.validate(),
+            Err(ConfigError::MemoryOverflow(_))
+        ));
+
+        config.memory = MemorySize::from_mib(1 << 30);
+        assert!(matches!(config.validate(), Err(ConfigError::Memory { .. })));
+    }
+
+    #[test]
+    fn unknown_cpu_features_are_refused() {
+        let mut config = VmConfig::new(temp_file("kernel-features", b"x"));
+        config.cpu_features = "-cx16,-no-such-feature".to_string();
+        assert!(matches!(
+            config.validate(),
+            Err(ConfigError::CpuFeatures(_))
+        ));
+    }
+
+    #[test]
+    fn deserializes_with_defaults_and_rejects_unknown_fields() {
+        let config: VmConfig = serde_json::from_str(r#"{"kernel": "/k"}"#).unwrap();
+        assert_eq!(config, VmConfig::new("/k"));
+        let config: VmConfig =
+            serde_json::from_str(r#"{"kernel": "/k", "memory": 512, "console": "none"}"#).unwrap();
+        assert_eq!(config.memory.mib(), 512);
+        assert_eq!(config.console, ConsoleConfig::None);
+        assert!(serde_json::from_str::<VmConfig>(r#"{"kernel": "/k", "vcpu": 2}"#).is_err());
+    }
+}

@@ -1,0 +1,175 @@
+//! The KVM side of a VM: the /dev/kvm handle, the VM fd, the in-kernel irqchip and PIT, and
+//! guest RAM registered as memory slots.
+
+use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES};
+use kvm_ioctls::{Cap, Kvm, VmFd};
+use petrel_memory::layout::{KVM_IDENTITY_MAP_START, KVM_TSS_START};
+use petrel_memory::vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+use petrel_memory::GuestMemoryMmap;
+
+/// The KVM API version petrel was written against (the only one Linux has ever had).
+const KVM_API_VERSION: i32 = 12;
+
+/// The most vCPUs the xAPIC id space allows (ids 0..=254; 255 is the broadcast id).
+pub const MAX_XAPIC_VCPUS: usize = 255;
+
+/// Errors from creating or setting up the KVM VM.
+#[derive(Debug, thiserror::Error)]
+pub enum KvmVmError {
+    /// /dev/kvm could not be opened.
+    #[error("cannot open /dev/kvm")]
+    OpenKvm(#[source] kvm_ioctls::Error),
+    /// The host's KVM speaks another API version.
+    #[error("KVM API version {0} is not supported (petrel needs {KVM_API_VERSION})")]
+    ApiVersion(i32),
+    /// A capability petrel depends on is missing.
+    #[error("the host's KVM lacks {0}")]
+    MissingCap(&'static str),
+    /// KVM_CREATE_VM failed.
+    #[error("cannot create the VM")]
+    CreateVm(#[source] kvm_ioctls::Error),
+    /// An ioctl that sets up the VM failed.
+    #[error("cannot {what}")]
+    Setup {
+        /// What petrel was doing.
+        what: &'static str,
+        /// The KVM error.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    /// More memory regions than KVM has slots.
+    #[error("guest memory needs {needed} memory slots but KVM has {available}")]
+    TooManySlots {
+        /// Slots needed.
+        needed: usize,
+        /// Slots KVM offers.
+        available: usize,
+    },
+    /// Asked for more vCPUs than KVM or the APIC id space allow.
+    #[error("--cpus {requested} is more than this host allows (at most {limit})")]
+    TooManyVcpus {
+        /// vCPUs asked for.
+        requested: u32,
+        /// The limit.
+        limit: usize,
+    },
+}
+
+/// The capabilities petrel cannot work without, with the names errors use.
+const REQUIRED_CAPS: &[(Cap, &str)] = &[
+    (Cap::Irqchip, "KVM_CAP_IRQCHIP"),
+    (Cap::Irqfd, "KVM_CAP_IRQFD"),
+    (Cap::Ioeventfd, "KVM_CAP_IOEVENTFD"),
+    (Cap::Pit2, "KVM_CAP_PIT2"),
+    (Cap::PitState2, "KVM_CAP_PIT_STATE2"),
+    (Cap::UserMemory, "KVM_CAP_USER_MEMORY"),
+    (Cap::SetTssAddr, "KVM_CAP_SET_TSS_ADDR"),
+    (Cap::ExtCpuid, "KVM_CAP_EXT_CPUID"),
+    (Cap::ImmediateExit, "KVM_CAP_IMMEDIATE_EXIT"),
+];
+
+/// An open KVM VM with its interrupt controllers.
+#[derive(Debug)]
+pub struct KvmVm {
+    kvm: Kvm,
+    fd: VmFd,
+}
+
+impl KvmVm {
+    /// Opens /dev/kvm, checks the API version and capabilities, and creates a VM with the
+    /// in-kernel irqchip (PIC, IOAPIC, LAPICs) and PIT.
+    pub fn create() -> Result<Self, KvmVmError> {
+        let kvm = Kvm::new().map_err(KvmVmError::OpenKvm)?;
+        let version = kvm.get_api_version();
+        if version != KVM_API_VERSION {
+            return Err(KvmVmError::ApiVersion(version));
+        }
+        for (cap, name) in REQUIRED_CAPS {
+            if !kvm.check_extension(*cap) {
+                return Err(KvmVmError::MissingCap(name));
+            }
+        }
+        let fd = kvm.create_vm().map_err(KvmVmError::CreateVm)?;
+        let setup = |what| move |source| KvmVmError::Setup { what, source };
+        // The TSS and identity-map pages are only used by Intel CPUs without unrestricted
+        // guest mode, but KVM wants them placed; they sit in the MMIO hole, away from RAM.
+        fd.set_tss_address(KVM_TSS_START as usize)
+            .map_err(setup("set the TSS address"))?;
+        fd.set_identity_map_address(KVM_IDENTITY_MAP_START)
+            .map_err(setup("set the identity map address"))?;
+        fd.create_irq_chip()
+            .map_err(setup("create the in-kernel irqchip"))?;
+        let pit = kvm_pit_config {
+            flags: kvm_bindings::KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        fd.create_pit2(pit)
+            .map_err(setup("create the in-kernel PIT"))?;
+        Ok(Self { kvm, fd })
+    }
+
+    /// The VM fd.
+    pub fn fd(&self) -> &VmFd {
+        &self.fd
+    }
+
+    /// The /dev/kvm handle.
+    pub fn kvm(&self) -> &Kvm {
+        &self.kvm
+    }
+
+    /// The most vCPUs this VM may have: KVM's limit, capped by the xAPIC id space.
+    pub fn max_vcpus(&self) -> usize {
+        self.kvm.get_max_vcpus().min(MAX_XAPIC_VCPUS)
+    }
+
+    /// Fails with a message naming the limit when `requested` vCPUs are too many.
+    pub fn check_vcpu_count(&self, requested: u32) -> Result<(), KvmVmError> {
+        let limit = self.max_vcpus();
+        if requested as usize > limit {
+            return Err(KvmVmError::TooManyVcpus { requested, limit });
+        }
+        Ok(())
+    }
+
+    /// The CPUID entries KVM can expose to a guest.
+    pub fn supported_cpuid(&self) -> Result<CpuId, KvmVmError> {
+        self.kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(|source| KvmVmError::Setup {
+                what: "read the supported CPUID",
+                source,
+            })
+    }
+
+    /// Registers every region of `memory` as a KVM memory slot.
+    pub fn register_memory(&self, memory: &GuestMemoryMmap) -> Result<(), KvmVmError> {
+        let available = self.kvm.get_nr_memslots();
+        let needed = memory.num_regions();
+        if needed > available {
+            return Err(KvmVmError::TooManySlots { needed, available });
+        }
+        for (slot, region) in memory.iter().enumerate() {
+            let host_address = region
+                .get_host_address(petrel_memory::vm_memory::MemoryRegionAddress(0))
+                .map_err(|_| KvmVmError::MissingCap("host mapping for guest memory"))?;
+            let slot_region = kvm_userspace_memory_region {
+                slot: slot as u32,
+                flags: 0,
+                guest_phys_addr: region.start_addr().0,
+                memory_size: region.len(),
+                userspace_addr: host_address as u64,
+            };
+            // SAFETY: the region is a live mapping owned by `memory`, which the caller keeps
+            // alive for as long as the VM exists (the Vmm holds both and drops the VM fd first),
+            // and the slots do not overlap because the regions of a GuestMemoryMmap do not.
+            unsafe { self.fd.set_user_memory_region(slot_region) }.map_err(|source| {
+                KvmVmError::Setup {
+                    what: "register guest memory",
+                    source,
+                }
+            })?;
+        }
+        Ok(())
+    }
+}

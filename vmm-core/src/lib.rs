@@ -1,0 +1,42 @@
+//! petrel-core: the VMM itself — configuration, the VM builder, the event loop and the VM
+//! lifecycle — built from petrel's leaf crates (`petrel-memory`, `petrel-boot`,
+//! `petrel-vcpu`, `petrel-devices`).
+//!
+//! What another program gets from this crate:
+//! - [`VmConfig`]: plain, serde-ready configuration with [`VmConfig::validate`], checked
+//!   before anything is built;
+//! - [`build_vm`]: the builder, a linear recipe of small `create_*`/`attach_*`/`configure_*`
+//!   steps that ends in a [`Vmm`];
+//! - [`Vmm::run`]: runs the vCPU threads and the event loop until the guest resets or powers
+//!   off, a stop signal arrives, or a vCPU fails, and returns the [`StopReason`], which maps
+//!   to petrel's documented exit status with [`StopReason::exit_code`].
+//!
+//! ```no_run
+//! use petrel_core::{build_vm, VmConfig};
+//!
+//! let mut config = VmConfig::new("/path/to/vmlinux");
+//! config.cmdline = "console=ttyS0 reboot=k panic=-1".to_string();
+//! let reason = build_vm(&config)?.run()?;
+//! println!("{reason}");
+//! std::process::exit(reason.exit_code());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+pub mod builder;
+pub mod config;
+pub mod console;
+pub mod event_loop;
+pub mod exit_handler;
+pub mod irq;
+pub mod kvm_vm;
+pub mod lifecycle;
+pub mod memory_size;
+pub mod signals;
+pub mod vmm;
+
+pub use builder::{build_vm, BuildError};
+pub use config::{ConfigError, VmConfig};
+pub use console::ConsoleConfig;
+pub use lifecycle::StopReason;
+pub use memory_size::MemorySize;
+pub use vmm::{RunError, Vmm};
