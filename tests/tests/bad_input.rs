@@ -1,6 +1,9 @@
 //! Bad input from the user: each case ends with a non-zero exit and exactly one clear line
 //! on stderr, with no panic and no hang.
 
+// Test code: a panic with its message is how a failure is reported.
+#![allow(clippy::unwrap_used)]
+
 use std::fs;
 
 use petrel_tests::{require_kvm, test_guest, Petrel, RunOutput, TempDir};

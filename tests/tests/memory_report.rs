@@ -1,6 +1,9 @@
 //! Tier 1: the e820 map the test guest reads matches the RAM petrel was given, including
 //! sizes that split around the 32-bit MMIO hole (2 GiB to 4 GiB).
 
+// Test code: a panic with its message is how a failure is reported.
+#![allow(clippy::unwrap_used)]
+
 use petrel_tests::{require_kvm, test_guest, Petrel};
 
 const MIB: u64 = 1 << 20;

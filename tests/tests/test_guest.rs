@@ -1,5 +1,8 @@
 //! Tier 1: petrel boots its own freestanding test guest and checks what the guest reports.
 
+// Test code: a panic with its message is how a failure is reported.
+#![allow(clippy::unwrap_used)]
+
 use petrel_tests::{require_kvm, test_guest, Petrel, RunOutput};
 
 fn scenario(name: &str) -> Petrel {
@@ -172,4 +175,70 @@ fn more_vcpus_boot_and_stop_cleanly() {
     require_kvm();
     let run = scenario("hello").args(["--cpus", "4"]).run();
     assert_clean_run(&run, "hello");
+}
+
+/// Reads one register of one CPUID leaf from the guest's `cpuid` report.
+fn cpuid_register(run: &RunOutput, leaf: &str, register: &str) -> u64 {
+    let line = run
+        .lines_starting_with(&format!("CPUID leaf={leaf} "))
+        .first()
+        .copied()
+        .unwrap_or_else(|| panic!("no CPUID line for {leaf}:\n{}", run.describe()));
+    let value = line
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix(&format!("{register}=")))
+        .unwrap();
+    u64::from_str_radix(value.trim_start_matches("0x"), 16).unwrap()
+}
+
+#[test]
+fn cpu_features_hide_cpuid_bits_from_the_guest() {
+    require_kvm();
+    const CX16: u64 = 1 << 13;
+    let plain = scenario("cpuid").run();
+    assert_clean_run(&plain, "cpuid");
+    assert_ne!(
+        cpuid_register(&plain, "0x1", "ecx") & CX16,
+        0,
+        "host has cx16"
+    );
+    // The hypervisor leaf carries KVM's signature.
+    assert_eq!(cpuid_register(&plain, "0x40000000", "ebx"), 0x4b4d_564b);
+
+    let hidden = scenario("cpuid").args(["--cpu-features", "-cx16"]).run();
+    assert_clean_run(&hidden, "cpuid");
+    assert_eq!(
+        cpuid_register(&hidden, "0x1", "ecx") & CX16,
+        0,
+        "{}",
+        hidden.describe()
+    );
+
+    let restored = scenario("cpuid")
+        .args(["--cpu-features", "-cx16,+cx16"])
+        .run();
+    assert_ne!(cpuid_register(&restored, "0x1", "ecx") & CX16, 0);
+}
+
+#[test]
+fn the_boot_vcpu_enters_long_mode_as_the_boot_protocol_says() {
+    require_kvm();
+    let run = scenario("bootstate").run();
+    assert_clean_run(&run, "bootstate");
+    let field = |name: &str| -> u64 {
+        let value = run
+            .lines_starting_with("BOOTSTATE")
+            .iter()
+            .flat_map(|l| l.split_whitespace())
+            .find_map(|f| f.strip_prefix(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("no {name}:\n{}", run.describe()));
+        u64::from_str_radix(value.trim_start_matches("0x"), 16).unwrap()
+    };
+    assert_eq!(field("rsi"), 0x7000, "rsi points at the zero page");
+    assert_eq!(field("cs"), 0x08);
+    assert_eq!(field("ds"), 0x10);
+    assert_eq!(field("cr0") & 0x8000_0001, 0x8000_0001, "PE and PG");
+    assert_ne!(field("cr4") & (1 << 5), 0, "PAE");
+    assert_eq!(field("efer") & 0x500, 0x500, "LME and LMA");
+    assert_eq!(field("gdt_base"), 0x500);
 }

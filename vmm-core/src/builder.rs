@@ -126,9 +126,13 @@ pub fn build_vm(config: &VmConfig) -> Result<Vmm, BuildError> {
 
     let vm = KvmVm::create()?;
     vm.check_vcpu_count(config.vcpus)?;
+    log::debug!("created the KVM VM with its irqchip and PIT");
     let memory = create_memory(&vm, &layout)?;
+    log::debug!("registered guest memory");
     let mut vcpus = create_vcpus(&vm, config.vcpus)?;
+    log::debug!("created {} vCPUs", vcpus.len());
     let devices = attach_legacy_devices(&vm, console_output)?;
+    log::debug!("attached the legacy devices");
     let boot = load_linux_boot(
         &memory,
         &layout,
@@ -142,6 +146,7 @@ pub fn build_vm(config: &VmConfig) -> Result<Vmm, BuildError> {
     })?;
     log_boot_entry(&boot);
     configure_vcpus(&vm, &mut vcpus, &cpu_features, &boot)?;
+    log::debug!("configured the vCPUs");
     Ok(Vmm::new(
         vm,
         memory,
