@@ -121,3 +121,45 @@ pub fn e820_entry(boot_params: u64, i: u8) -> E820Entry {
         kind: read_u32(e + 16),
     }
 }
+
+/// Offset of `acpi_rsdp_addr` (u64).
+const ACPI_RSDP_ADDR: u64 = 0x070;
+
+/// `boot_params.acpi_rsdp_addr` (0 = not given). `boot_params` must be `usable`.
+pub fn acpi_rsdp_addr(boot_params: u64) -> u64 {
+    read_u64(boot_params + ACPI_RSDP_ADDR)
+}
+
+/// The valid e820 entries (none if boot_params is unusable or the count is bad).
+fn e820_entries(boot_params: u64) -> impl Iterator<Item = E820Entry> {
+    let count = if usable(boot_params) && e820_count(boot_params) <= E820_MAX {
+        e820_count(boot_params)
+    } else {
+        0
+    };
+    (0..count).map(move |i| e820_entry(boot_params, i))
+}
+
+/// End of the highest RAM (type 1) e820 range below 4 GiB (ranges crossing 4 GiB are cut
+/// there), and at least 1 MiB: guest-physical data (ACPI tables, ...) is only read below it.
+pub fn ram_end_below_4g(boot_params: u64) -> u64 {
+    let mut end = 0x10_0000;
+    for e in e820_entries(boot_params) {
+        if e.kind == 1 && e.addr < MAPPED_END {
+            let top = e.addr.saturating_add(e.size).min(MAPPED_END);
+            end = end.max(top);
+        }
+    }
+    end
+}
+
+/// End of the RAM (type 1) e820 range that contains `addr` (0 if none does).
+pub fn ram_range_end(boot_params: u64, addr: u64) -> u64 {
+    for e in e820_entries(boot_params) {
+        let top = e.addr.saturating_add(e.size);
+        if e.kind == 1 && e.addr <= addr && addr < top {
+            return top;
+        }
+    }
+    0
+}

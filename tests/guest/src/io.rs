@@ -64,12 +64,134 @@ pub fn mmio_write32(addr: u64, value: u32) {
     }
 }
 
+/// Halts forever with interrupts off; only the VMM can end the VM now.
+pub fn halt_forever() -> ! {
+    loop {
+        // SAFETY: stops the CPU; nothing after this depends on memory state.
+        unsafe { asm!("cli", "hlt", options(nomem, nostack)) }
+    }
+}
+
 /// Resets the machine through the i8042 (0xFE to port 0x64); if that does not stop the vCPU,
 /// halts forever with interrupts off.
 pub fn reset() -> ! {
     outb(0x64, 0xfe);
+    halt_forever()
+}
+
+/// Writes 16 bits to an I/O port.
+#[inline(always)]
+pub fn outw(port: u16, value: u16) {
+    // SAFETY: port I/O has no memory effects visible to Rust.
+    unsafe {
+        asm!("out dx, ax", in("dx") port, in("ax") value, options(nomem, nostack, preserves_flags))
+    }
+}
+
+/// Writes 32 bits to an I/O port.
+#[inline(always)]
+pub fn outl(port: u16, value: u32) {
+    // SAFETY: port I/O has no memory effects visible to Rust.
+    unsafe {
+        asm!("out dx, eax", in("dx") port, in("eax") value, options(nomem, nostack, preserves_flags))
+    }
+}
+
+/// 8-bit MMIO write (a single `mov`).
+#[inline(always)]
+pub fn mmio_write8(addr: u64, value: u8) {
+    // SAFETY: the caller picks an address in device space inside the identity map.
+    unsafe {
+        asm!("mov byte ptr [{a}], {v}", a = in(reg) addr, v = in(reg_byte) value, options(nostack, preserves_flags))
+    }
+}
+
+/// 16-bit MMIO write (a single `mov`).
+#[inline(always)]
+pub fn mmio_write16(addr: u64, value: u16) {
+    // SAFETY: the caller picks an address in device space inside the identity map.
+    unsafe {
+        asm!("mov word ptr [{a}], {v:x}", a = in(reg) addr, v = in(reg) value, options(nostack, preserves_flags))
+    }
+}
+
+/// Reads the time-stamp counter.
+#[inline(always)]
+pub fn rdtsc() -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: rdtsc only reads the TSC.
+    unsafe { asm!("rdtsc", out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags)) }
+    u64::from(lo) | (u64::from(hi) << 32)
+}
+
+/// `pause` (spin-loop hint).
+#[inline(always)]
+pub fn pause() {
+    // SAFETY: a hint; no effects.
+    unsafe { asm!("pause", options(nomem, nostack, preserves_flags)) }
+}
+
+/// Executes CPUID for `leaf`/`subleaf` and returns eax, ebx, ecx, edx.
+pub fn cpuid(leaf: u32, subleaf: u32) -> [u32; 4] {
+    let (eax, ebx, ecx, edx): (u32, u32, u32, u32);
+    // SAFETY: cpuid has no memory effects; rbx is saved and restored around it because the
+    // compiler may use it.
+    unsafe {
+        asm!(
+            "mov {tmp:r}, rbx",
+            "cpuid",
+            "xchg {tmp:r}, rbx",
+            tmp = out(reg) ebx,
+            inout("eax") leaf => eax,
+            inout("ecx") subleaf => ecx,
+            out("edx") edx,
+            options(nostack, preserves_flags),
+        );
+    }
+    [eax, ebx, ecx, edx]
+}
+
+/// TSC frequency in kHz: the hypervisor's timing leaf 0x40000010 (KVM/VMware), else CPUID 0x15
+/// (crystal ratio), else 0x16 (base MHz), else a guess of 3 GHz. Only used for timeouts.
+pub fn tsc_khz() -> u64 {
+    let hypervisor = cpuid(1, 0)[2] & (1 << 31) != 0;
+    if hypervisor {
+        let max_hv = cpuid(0x4000_0000, 0)[0];
+        if (0x4000_0010..0x4000_0100).contains(&max_hv) {
+            let khz = cpuid(0x4000_0010, 0)[0];
+            if khz != 0 {
+                return u64::from(khz);
+            }
+        }
+    }
+    let max = cpuid(0, 0)[0];
+    if max >= 0x15 {
+        let [den, num, crystal_hz, _] = cpuid(0x15, 0);
+        if den != 0 && num != 0 && crystal_hz != 0 {
+            return u64::from(crystal_hz) * u64::from(num) / u64::from(den) / 1000;
+        }
+    }
+    if max >= 0x16 {
+        let mhz = cpuid(0x16, 0)[0] & 0xffff;
+        if mhz != 0 {
+            return u64::from(mhz) * 1000;
+        }
+    }
+    3_000_000
+}
+
+/// Spins (with `pause`) until `done()` or until about `ms` milliseconds of TSC time passed;
+/// returns the final `done()`.
+pub fn spin_until(ms: u64, mut done: impl FnMut() -> bool) -> bool {
+    let budget = tsc_khz().saturating_mul(ms);
+    let start = rdtsc();
     loop {
-        // SAFETY: stops the CPU; nothing after this depends on memory state.
-        unsafe { asm!("cli", "hlt", options(nomem, nostack)) }
+        if done() {
+            return true;
+        }
+        if rdtsc().wrapping_sub(start) >= budget {
+            return done();
+        }
+        pause();
     }
 }

@@ -10,16 +10,23 @@
 #![no_std]
 #![no_main]
 
+mod acpi;
 mod bootparams;
 mod cmdline;
 mod io;
 mod mem;
 mod out;
+mod power;
 mod scenarios;
+mod smp;
 
 use core::arch::global_asm;
 
 global_asm!(include_str!("start.s"));
+
+/// Port and byte of the boot-timer write (Firecracker's magic value).
+const BOOT_TIMER_PORT: u16 = 0x440;
+const BOOT_TIMER_MAGIC: u8 = 123;
 
 /// Lives in .noinit: read_cmdline writes every byte it hands out, so it needs no zeroing.
 #[link_section = ".noinit.cmdline"]
@@ -29,6 +36,8 @@ static mut CMDLINE_BUF: [u8; cmdline::MAX_CMDLINE] = [0; cmdline::MAX_CMDLINE];
 #[no_mangle]
 pub extern "C" fn petrel_guest_main(boot_params: u64) -> ! {
     out::line(b"PETREL-GUEST start");
+    // Boot timer: the VMM (--boot-timer) measures the time to this write.
+    io::outb(BOOT_TIMER_PORT, BOOT_TIMER_MAGIC);
     // SAFETY: the only reference to CMDLINE_BUF ever made; the guest is single-threaded.
     // (A static, not a stack array: zeroing a 4 KiB local would cost 4096 emulated iterations.)
     let buf = unsafe { &mut *core::ptr::addr_of_mut!(CMDLINE_BUF) };

@@ -2,7 +2,7 @@
 
 use crate::bootparams::{self, E820_MAX};
 use crate::cmdline::{parse_dec, Args};
-use crate::io::{inb, inl, mmio_read32, mmio_write32, outb};
+use crate::io::{cpuid, inb, inl, mmio_read32, mmio_write32, outb};
 use crate::out::{line, nl, put, put_dec, put_escaped, put_hex};
 use core::arch::asm;
 
@@ -10,6 +10,11 @@ use core::arch::asm;
 pub fn run(name: &[u8], boot_params: u64, cmdline: &[u8], args: &Args) {
     match name {
         b"hello" => line(b"HELLO from the petrel test guest"),
+        b"halt" => {
+            // Sleeps in KVM_RUN until the VMM stops the VM from outside.
+            line(b"HALT now");
+            crate::io::halt_forever();
+        }
         b"cmdline" => {
             put(b"CMDLINE ");
             put_escaped(cmdline);
@@ -22,6 +27,10 @@ pub fn run(name: &[u8], boot_params: u64, cmdline: &[u8], args: &Args) {
         b"exception" => exception(),
         b"bootstate" => bootstate(),
         b"cpuid" => cpuid_report(),
+        b"acpi" => crate::acpi::report(boot_params),
+        b"smp" => crate::smp::run(boot_params),
+        b"poweroff" => crate::power::poweroff(boot_params),
+        b"acpi-reset" => crate::power::acpi_reset(boot_params),
         _ => {
             put(b"ERROR unknown scenario=");
             put_escaped(name);
@@ -245,26 +254,6 @@ fn bootstate() {
     kv(b"gdt_base", gdt_base);
     kv(b"gdt_limit", u64::from(gdtr[0]));
     nl();
-}
-
-/// Executes CPUID for `leaf`/`subleaf` and returns eax, ebx, ecx, edx.
-fn cpuid(leaf: u32, subleaf: u32) -> [u32; 4] {
-    let (eax, ebx, ecx, edx): (u32, u32, u32, u32);
-    // SAFETY: cpuid has no memory effects; rbx is saved and restored around it because the
-    // compiler may use it.
-    unsafe {
-        asm!(
-            "mov {tmp:r}, rbx",
-            "cpuid",
-            "xchg {tmp:r}, rbx",
-            tmp = out(reg) ebx,
-            inout("eax") leaf => eax,
-            inout("ecx") subleaf => ecx,
-            out("edx") edx,
-            options(nostack, preserves_flags),
-        );
-    }
-    [eax, ebx, ecx, edx]
 }
 
 /// The CPUID leaves petrel edits: one line per leaf, `CPUID leaf=0x.. sub=0x.. eax=.. ...`.

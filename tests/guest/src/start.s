@@ -152,6 +152,7 @@ entry_ss:     .short 0
 entry_gdtr:   .short 0                  // limit
               .quad 0                   // base
 .balign 16
+.global idtr                            // also loaded by the APs (smp.s)
 idtr:         .short 32 * 16 - 1
               .quad idt
 
@@ -160,6 +161,7 @@ idtr:         .short 32 * 16 - 1
 // IOAPIC, LAPIC) is mapped uncached (PCD | PWT).
 .section .data.pagetables, "aw"
 .balign 4096
+.global pml4                            // also used by the APs (smp.s)
 pml4:
     .quad pdpt + 3                      // P | RW
     .fill 511, 8, 0
