@@ -12,6 +12,32 @@
 //! [`initrd::load_initrd`], [`zero_page::write_zero_page`], [`cpu_tables::write_cpu_tables`])
 //! for a VMM that wants to change one of them.
 //!
+//! [`acpi`] describes the machine to the guest: [`acpi::write_acpi_tables`] writes the RSDP,
+//! XSDT, FADT (hardware-reduced, with sleep and reset registers), MADT and DSDT into the BIOS
+//! area, and [`zero_page::set_acpi_rsdp`] tells the kernel where the RSDP is:
+//!
+//! ```no_run
+//! # use petrel_boot::load_linux_boot;
+//! # use petrel_memory::guest_ram::create_guest_memory;
+//! # use petrel_memory::layout::{MemoryLayout, MIB};
+//! use petrel_boot::acpi::{write_acpi_tables, AcpiConfig, AcpiPmRegisters, LegacySerial};
+//! use petrel_boot::zero_page::set_acpi_rsdp;
+//! # let layout = MemoryLayout::new(256 * MIB)?;
+//! # let mem = create_guest_memory(&layout)?;
+//! # let mut kernel = std::fs::File::open("bzImage")?;
+//! let boot = load_linux_boot(&mem, &layout, &mut kernel, None::<&mut std::fs::File>, "")?;
+//! let config = AcpiConfig {
+//!     vcpus: 2,
+//!     pm: AcpiPmRegisters { sleep_control: 0x600, sleep_status: 0x601, reset: 0x602, reset_value: 1 },
+//!     i8042: true,
+//!     serial_ports: vec![LegacySerial { port: 0x3f8, irq: 4 }],
+//!     virtio_mmio: Vec::new(),
+//! };
+//! let rsdp = write_acpi_tables(&mem, &config)?;
+//! set_acpi_rsdp(&mem, boot.boot_params, rsdp)?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! ```no_run
 //! use std::fs::File;
 //! use petrel_boot::load_linux_boot;
@@ -30,6 +56,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod acpi;
 pub mod cmdline;
 pub mod cpu_tables;
 pub mod initrd;

@@ -6,7 +6,7 @@ use linux_loader::loader::load_cmdline;
 use petrel_memory::layout::MemoryLayout;
 use petrel_memory::GuestMemoryMmap;
 use thiserror::Error;
-use vm_memory::{Bytes, GuestAddress};
+use vm_memory::{Address, Bytes, GuestAddress};
 
 use crate::initrd::InitrdPlacement;
 use crate::kernel::LoadedKernel;
@@ -56,7 +56,19 @@ pub enum ZeroPageError {
     /// The zero page could not be written to guest memory.
     #[error("cannot write the zero page at {ZERO_PAGE_START:#x}")]
     Write(#[source] vm_memory::GuestMemoryError),
+    /// `boot_params.acpi_rsdp_addr` could not be written.
+    #[error("cannot write acpi_rsdp_addr of the zero page at {boot_params:#x}")]
+    WriteAcpiRsdp {
+        /// Address of the zero page.
+        boot_params: u64,
+        /// What guest memory said.
+        #[source]
+        source: vm_memory::GuestMemoryError,
+    },
 }
+
+/// Offset of `acpi_rsdp_addr` (u64) in `boot_params`.
+pub const ACPI_RSDP_ADDR_OFFSET: u64 = std::mem::offset_of!(boot_params, acpi_rsdp_addr) as u64;
 
 /// The e820 map for `layout`: RAM `[0, EBDA_START)`, reserved `[EBDA_START, 1 MiB)`,
 /// RAM `[1 MiB, low_ram_end)`, and RAM `[4 GiB, end)` when there is RAM above the hole.
@@ -161,6 +173,28 @@ pub fn write_zero_page(
     mem.write_obj(params, GuestAddress(ZERO_PAGE_START))
         .map_err(ZeroPageError::Write)?;
     Ok(ZERO_PAGE_START)
+}
+
+/// Sets `acpi_rsdp_addr` (offset 0x070) of the zero page at `boot_params_addr` to `rsdp`, so
+/// the kernel uses that RSDP instead of scanning for one. Call it after [`write_zero_page`],
+/// which leaves the field 0.
+pub fn set_acpi_rsdp(
+    mem: &GuestMemoryMmap,
+    boot_params_addr: u64,
+    rsdp: u64,
+) -> Result<(), ZeroPageError> {
+    let error = |source| ZeroPageError::WriteAcpiRsdp {
+        boot_params: boot_params_addr,
+        source,
+    };
+    let field = GuestAddress(boot_params_addr)
+        .checked_add(ACPI_RSDP_ADDR_OFFSET)
+        .ok_or_else(|| {
+            error(vm_memory::GuestMemoryError::InvalidGuestAddress(
+                GuestAddress(boot_params_addr),
+            ))
+        })?;
+    mem.write_obj(rsdp, field).map_err(error)
 }
 
 #[cfg(test)]
@@ -374,5 +408,37 @@ mod tests {
         assert_eq!({ p.ext_ramdisk_image }, 1);
         assert_eq!({ p.hdr.ramdisk_size }, 0x10);
         assert_eq!({ p.ext_ramdisk_size }, 2);
+    }
+
+    #[test]
+    fn acpi_rsdp_addr_is_written_at_offset_0x70() {
+        assert_eq!(ACPI_RSDP_ADDR_OFFSET, 0x70);
+        let layout = MemoryLayout::new(32 * MIB).unwrap();
+        let mem = create_guest_memory(&layout).unwrap();
+        let image = elf_image(0x100_0000, &[ElfSegment::load(0x100_0000, vec![1; 64])]);
+        let k = load_kernel(&mem, &layout, &mut Cursor::new(image)).unwrap();
+        let cmdline = build_cmdline("console=ttyS0", &k).unwrap();
+        let zp = write_zero_page(&mem, &layout, &k, &cmdline, None).unwrap();
+        assert_eq!(u64_at(&mem, 0x70), 0);
+        set_acpi_rsdp(&mem, zp, 0xe0000).unwrap();
+        assert_eq!(u64_at(&mem, 0x70), 0xe0000);
+        // Nothing around it changed.
+        assert_eq!(u64_at(&mem, 0x68), 0);
+        assert_eq!(u64_at(&mem, 0x78), 0);
+        assert_eq!(e820_back(&mem), e820_entries(&layout));
+        assert_eq!(u32_at(&mem, 0x228), CMDLINE_START as u32);
+    }
+
+    #[test]
+    fn acpi_rsdp_addr_outside_memory_is_an_error() {
+        let layout = MemoryLayout::new(32 * MIB).unwrap();
+        let mem = create_guest_memory(&layout).unwrap();
+        for addr in [64 * MIB, u64::MAX - 8] {
+            let e = set_acpi_rsdp(&mem, addr, 0xe0000).unwrap_err();
+            assert!(
+                matches!(e, ZeroPageError::WriteAcpiRsdp { boot_params, .. } if boot_params == addr),
+                "{e}"
+            );
+        }
     }
 }

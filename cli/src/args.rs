@@ -61,6 +61,19 @@ pub struct RunArgs {
     /// Where the serial console goes: stdio, none, or file=PATH.
     #[arg(long, value_name = "WHERE", default_value = "stdio")]
     pub console: ConsoleConfig,
+
+    /// Report when the guest writes 123 to port 0x440: time since process start and since
+    /// the first KVM_RUN.
+    #[arg(long)]
+    pub boot_timer: bool,
+
+    /// Print VM exits by reason and by device (count, total and mean µs) at shutdown.
+    #[arg(long)]
+    pub exit_stats: bool,
+
+    /// Write JSON metrics to PATH at exit and whenever petrel receives SIGUSR1.
+    #[arg(long, value_name = "PATH")]
+    pub metrics: Option<PathBuf>,
 }
 
 impl RunArgs {
@@ -74,6 +87,9 @@ impl RunArgs {
             memory: self.memory,
             cpu_features: self.cpu_features.clone(),
             console: self.console.clone(),
+            boot_timer: self.boot_timer,
+            exit_stats: self.exit_stats,
+            metrics: self.metrics.clone(),
         }
     }
 }
@@ -145,6 +161,10 @@ mod tests {
             "file=/tmp/c.log",
             "--log-level",
             "debug",
+            "--boot-timer",
+            "--exit-stats",
+            "--metrics",
+            "/tmp/m.json",
         ])
         .unwrap();
         let Command::Run(run) = cli.command;
@@ -156,6 +176,8 @@ mod tests {
         assert_eq!(config.cpu_features, "-cx16,-avx512f");
         assert_eq!(config.console, ConsoleConfig::File("/tmp/c.log".into()));
         assert_eq!(cli.log_level, LogLevel::Debug);
+        assert!(config.boot_timer && config.exit_stats);
+        assert_eq!(config.metrics, Some(PathBuf::from("/tmp/m.json")));
     }
 
     #[test]

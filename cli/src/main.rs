@@ -12,16 +12,18 @@ use std::error::Error;
 
 use clap::Parser;
 use petrel_core::lifecycle::{EXIT_BAD_CONFIG, EXIT_GUEST_STOPPED, EXIT_VMM_ERROR};
-use petrel_core::signals::install_stop_signal_handlers;
+use petrel_core::signals::{install_metrics_signal_handler, install_stop_signal_handlers};
 use petrel_core::{build_vm, StopReason};
 
 use crate::args::{Cli, Command, RunArgs};
 use crate::terminal::{restore_terminal, RawTerminal};
 
 fn main() {
+    petrel_core::mark_process_start();
     let code = match Cli::try_parse() {
         Ok(cli) => {
-            logger::init(cli.log_level.into());
+            let boot_timer = matches!(&cli.command, Command::Run(args) if args.boot_timer);
+            logger::init(cli.log_level.into(), boot_timer);
             match cli.command {
                 Command::Run(args) => run(&args),
             }
@@ -68,6 +70,11 @@ fn run(args: &RunArgs) -> i32 {
     if let Err(e) = install_stop_signal_handlers() {
         return report_error(&e, EXIT_VMM_ERROR);
     }
+    if config.metrics.is_some() {
+        if let Err(e) = install_metrics_signal_handler() {
+            return report_error(&e, EXIT_VMM_ERROR);
+        }
+    }
     std::panic::set_hook(Box::new(|info| {
         restore_terminal();
         eprintln!("petrel: internal error: {info}");
@@ -98,7 +105,12 @@ fn run(args: &RunArgs) -> i32 {
     };
 
     match vmm.run() {
-        Ok(reason) => report_stop(&reason),
+        Ok(report) => {
+            if let Some(table) = &report.exit_stats_table {
+                eprint!("{table}");
+            }
+            report_stop(&report.reason)
+        }
         Err(e) => report_error(&e, EXIT_VMM_ERROR),
     }
 }

@@ -19,10 +19,20 @@
 //! A device whose mutex was poisoned by a panic during an earlier access keeps working: the
 //! bus logs a warning, clears the poison and hands the device its current state. A panic in
 //! one device must not take the vCPU threads down with it.
+//!
+//! # Statistics
+//!
+//! Each range carries a name ([`Bus::insert_named`]) and always-on counters: reads, writes,
+//! and the total time of those accesses, measured by the bus around the device call (so it
+//! includes waiting for the device's mutex). Accesses no device took — unmapped, or running
+//! past the end of a range — are counted per bus. The counters are relaxed atomics: the
+//! access path takes no lock besides the device's own. [`Bus::stats`] reads them.
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use thiserror::Error;
 
@@ -119,9 +129,53 @@ pub enum BusError {
 /// A device as a bus holds it: shared with the VMM, locked per access.
 pub type SharedDevice = Arc<Mutex<dyn BusDevice>>;
 
+/// The name [`Bus::insert`] gives a range.
+pub const UNNAMED: &str = "unnamed";
+
+/// The access counters of one range.
+#[derive(Debug, Default)]
+struct RangeCounters {
+    reads: AtomicU64,
+    writes: AtomicU64,
+    total_ns: AtomicU64,
+}
+
+impl RangeCounters {
+    fn add(&self, count: &AtomicU64, start: Instant) {
+        let nanos = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        count.fetch_add(1, Ordering::Relaxed);
+        self.total_ns.fetch_add(nanos, Ordering::Relaxed);
+    }
+}
+
 struct BusEntry {
     len: u64,
+    name: &'static str,
     device: SharedDevice,
+    counters: RangeCounters,
+}
+
+/// The access counts of one range of a [`Bus`], as [`Bus::stats`] returns them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BusRangeStats {
+    /// The name the range was inserted with ([`UNNAMED`] through [`Bus::insert`]).
+    pub name: &'static str,
+    /// The range.
+    pub range: BusRange,
+    /// Reads the device answered.
+    pub reads: u64,
+    /// Writes the device received.
+    pub writes: u64,
+    /// The time of those reads and writes, in nanoseconds, measured by the bus around the
+    /// device call (including waiting for the device's mutex).
+    pub total_ns: u64,
+}
+
+impl BusRangeStats {
+    /// Reads plus writes.
+    pub fn accesses(&self) -> u64 {
+        self.reads.wrapping_add(self.writes)
+    }
 }
 
 /// A map from address ranges to devices, keyed by the start of each range.
@@ -152,6 +206,8 @@ struct BusEntry {
 #[derive(Default)]
 pub struct Bus {
     devices: BTreeMap<u64, BusEntry>,
+    unclaimed_reads: AtomicU64,
+    unclaimed_writes: AtomicU64,
 }
 
 impl Bus {
@@ -160,11 +216,24 @@ impl Bus {
         Self::default()
     }
 
-    /// Puts `device` at `[base, base + len)`.
+    /// Puts `device` at `[base, base + len)`, named [`UNNAMED`] in the statistics; see
+    /// [`insert_named`](Self::insert_named).
+    pub fn insert(&mut self, device: SharedDevice, base: u64, len: u64) -> Result<(), BusError> {
+        self.insert_named(device, base, len, UNNAMED)
+    }
+
+    /// Puts `device` at `[base, base + len)`; `name` labels the range in [`stats`](Self::stats)
+    /// (e.g. `"serial"`, `"i8042"`; several ranges may share a name).
     ///
     /// Refuses a zero length, a range that wraps past `u64::MAX`, and a range that shares any
     /// address with one already on the bus (the error names both ranges). Ranges may touch.
-    pub fn insert(&mut self, device: SharedDevice, base: u64, len: u64) -> Result<(), BusError> {
+    pub fn insert_named(
+        &mut self,
+        device: SharedDevice,
+        base: u64,
+        len: u64,
+        name: &'static str,
+    ) -> Result<(), BusError> {
         if len == 0 {
             return Err(BusError::ZeroLength { base });
         }
@@ -184,7 +253,15 @@ impl Bus {
                 return Err(BusError::Overlap { new, existing });
             }
         }
-        self.devices.insert(base, BusEntry { len, device });
+        self.devices.insert(
+            base,
+            BusEntry {
+                len,
+                name,
+                device,
+                counters: RangeCounters::default(),
+            },
+        );
         Ok(())
     }
 
@@ -195,8 +272,12 @@ impl Bus {
         if data.is_empty() {
             return Ok(());
         }
-        let (range, device) = self.resolve(addr, data.len())?;
-        lock_device(device, range).read(range.base, addr - range.base, data);
+        let (range, entry) = self
+            .resolve(addr, data.len())
+            .inspect_err(|_| self.note_unclaimed(&self.unclaimed_reads))?;
+        let start = Instant::now();
+        lock_device(&entry.device, range).read(range.base, addr - range.base, data);
+        entry.counters.add(&entry.counters.reads, start);
         Ok(())
     }
 
@@ -207,8 +288,12 @@ impl Bus {
         if data.is_empty() {
             return Ok(());
         }
-        let (range, device) = self.resolve(addr, data.len())?;
-        lock_device(device, range).write(range.base, addr - range.base, data);
+        let (range, entry) = self
+            .resolve(addr, data.len())
+            .inspect_err(|_| self.note_unclaimed(&self.unclaimed_writes))?;
+        let start = Instant::now();
+        lock_device(&entry.device, range).write(range.base, addr - range.base, data);
+        entry.counters.add(&entry.counters.writes, start);
         Ok(())
     }
 
@@ -218,6 +303,37 @@ impl Bus {
             base,
             len: entry.len,
         })
+    }
+
+    /// The access counters of every range, in address order.
+    pub fn stats(&self) -> Vec<BusRangeStats> {
+        self.devices
+            .iter()
+            .map(|(&base, entry)| BusRangeStats {
+                name: entry.name,
+                range: BusRange {
+                    base,
+                    len: entry.len,
+                },
+                reads: entry.counters.reads.load(Ordering::Relaxed),
+                writes: entry.counters.writes.load(Ordering::Relaxed),
+                total_ns: entry.counters.total_ns.load(Ordering::Relaxed),
+            })
+            .collect()
+    }
+
+    /// Reads no device took: [`BusError::Unmapped`] or [`BusError::PastEnd`].
+    pub fn unclaimed_reads(&self) -> u64 {
+        self.unclaimed_reads.load(Ordering::Relaxed)
+    }
+
+    /// Writes no device took: [`BusError::Unmapped`] or [`BusError::PastEnd`].
+    pub fn unclaimed_writes(&self) -> u64 {
+        self.unclaimed_writes.load(Ordering::Relaxed)
+    }
+
+    fn note_unclaimed(&self, counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 
     /// How many ranges are on the bus.
@@ -231,7 +347,7 @@ impl Bus {
     }
 
     /// Finds the device owning `[addr, addr + len)`, which must lie in one range.
-    fn resolve(&self, addr: u64, len: usize) -> Result<(BusRange, &SharedDevice), BusError> {
+    fn resolve(&self, addr: u64, len: usize) -> Result<(BusRange, &BusEntry), BusError> {
         let (&base, entry) = self
             .devices
             .range(..=addr)
@@ -249,7 +365,7 @@ impl Bus {
         if u64::try_from(len).map_or(true, |len| len > room) {
             return Err(BusError::PastEnd { addr, len, range });
         }
-        Ok((range, &entry.device))
+        Ok((range, entry))
     }
 }
 
@@ -515,6 +631,101 @@ mod tests {
         let dev = dev.lock().unwrap();
         assert_eq!(dev.reads.len(), 1);
         assert_eq!(dev.writes.len(), 1);
+    }
+
+    /// Takes at least a millisecond per write.
+    struct Slow;
+
+    impl BusDevice for Slow {
+        fn read(&mut self, _base: u64, _offset: u64, data: &mut [u8]) {
+            data.fill(0);
+        }
+        fn write(&mut self, _base: u64, _offset: u64, _data: &[u8]) {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn accesses_are_counted_per_named_range() {
+        let mut bus = Bus::new();
+        bus.insert_named(recorder(0), 0x3f8, 8, "serial").unwrap();
+        bus.insert(recorder(0), 0x60, 5).unwrap();
+        bus.insert_named(Arc::new(Mutex::new(Slow)), 0x80, 1, "slow")
+            .unwrap();
+        let mut byte = [0];
+        for _ in 0..3 {
+            bus.write(0x3f8, b"x").unwrap();
+        }
+        bus.read(0x3fd, &mut byte).unwrap();
+        bus.read(0x64, &mut byte).unwrap();
+        bus.write(0x80, &[1]).unwrap();
+        bus.write(0x80, &[2]).unwrap();
+
+        let stats = bus.stats();
+        let summary: Vec<_> = stats
+            .iter()
+            .map(|s| (s.name, s.range, s.reads, s.writes))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("unnamed", range(0x60, 5), 1, 0),
+                ("slow", range(0x80, 1), 0, 2),
+                ("serial", range(0x3f8, 8), 1, 3),
+            ]
+        );
+        assert_eq!(stats[2].accesses(), 4);
+        assert!(
+            stats[1].total_ns >= 2_000_000,
+            "device time is measured: {:?}",
+            stats[1]
+        );
+        assert!(stats[2].total_ns < stats[1].total_ns);
+        assert_eq!((bus.unclaimed_reads(), bus.unclaimed_writes()), (0, 0));
+    }
+
+    #[test]
+    fn unclaimed_accesses_are_counted_apart() {
+        let dev = recorder(0);
+        let mut bus = Bus::new();
+        bus.insert_named(dev, 0x10, 8, "dev").unwrap();
+        let mut dword = [0; 4];
+        assert!(bus.read(0x40, &mut dword).is_err()); // unmapped
+        assert!(bus.read(0x16, &mut dword).is_err()); // past the end
+        assert!(bus.write(0x0, &[1]).is_err());
+        bus.read(0x50, &mut []).unwrap(); // empty: not an access
+        assert_eq!((bus.unclaimed_reads(), bus.unclaimed_writes()), (2, 1));
+        let stats = bus.stats();
+        assert_eq!(
+            (stats[0].reads, stats[0].writes, stats[0].total_ns),
+            (0, 0, 0)
+        );
+    }
+
+    #[test]
+    fn counts_from_many_threads_add_up() {
+        let mut bus = Bus::new();
+        bus.insert_named(recorder(0), 0x10, 8, "dev").unwrap();
+        let bus = Arc::new(bus);
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let bus = bus.clone();
+                std::thread::spawn(move || {
+                    let mut byte = [0];
+                    for _ in 0..500 {
+                        bus.write(0x10, &[1]).unwrap();
+                        bus.read(0x11, &mut byte).unwrap();
+                        let _ = bus.read(0x20, &mut byte);
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        let stats = bus.stats();
+        assert_eq!((stats[0].reads, stats[0].writes), (2000, 2000));
+        assert_eq!(bus.unclaimed_reads(), 2000);
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //!
 //! - [`bus`]: [`Bus`], a range map from addresses to [`BusDevice`]s. Build one for port I/O
 //!   and one for MMIO before the vCPUs start, then share each as an `Arc<Bus>`; an access
-//!   locks only the device it reaches. The module documents the lock order.
+//!   locks only the device it reaches. The module documents the lock order. Each range is
+//!   named and counts its reads, writes and access time ([`Bus::stats`]), lock-free.
 //! - [`interrupt`]: the [`InterruptLine`] trait (an irqfd `EventFd` already implements it)
 //!   and its adapter to `vm-superio`'s `Trigger`.
 //! - [`legacy`]: the PC devices Linux expects: a 16550A serial console with buffered output
@@ -65,5 +66,5 @@ mod report;
 #[cfg(test)]
 mod test_log;
 
-pub use bus::{Bus, BusDevice, BusError, BusRange};
+pub use bus::{Bus, BusDevice, BusError, BusRange, BusRangeStats};
 pub use interrupt::InterruptLine;

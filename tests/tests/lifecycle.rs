@@ -109,7 +109,11 @@ fn a_terminal_is_raw_while_the_guest_runs_and_restored_after() {
     require_kvm();
     let (master, slave) = open_pty();
     let cooked = local_flags(&slave);
-    assert_ne!(cooked & libc::ICANON, 0, "a new pty starts in canonical mode");
+    assert_ne!(
+        cooked & libc::ICANON,
+        0,
+        "a new pty starts in canonical mode"
+    );
 
     let mut child = Command::new(petrel_bin())
         .args(["run", "--kernel"])
@@ -133,7 +137,11 @@ fn a_terminal_is_raw_while_the_guest_runs_and_restored_after() {
         seen.extend_from_slice(&buf[..n as usize]);
     }
     let raw = local_flags(&slave);
-    assert_eq!(raw & (libc::ICANON | libc::ECHO | libc::ISIG), 0, "raw while attached");
+    assert_eq!(
+        raw & (libc::ICANON | libc::ECHO | libc::ISIG),
+        0,
+        "raw while attached"
+    );
 
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };

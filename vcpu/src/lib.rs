@@ -14,6 +14,8 @@
 //!   and [`handle_exit`], the plain function deciding what each KVM exit means.
 //! - [`thread`]: [`spawn_vcpu`], one thread per vCPU with a [`VcpuHandle`] to pause, resume
 //!   and stop it; stopping kicks a vCPU out of `KVM_RUN` with a signal ([`kick`]).
+//! - [`exit_stats`]: [`ExitStats`], always-on lock-free counts and handling times per exit
+//!   reason, shared by all vCPU threads, and the instant of the first `KVM_RUN`.
 //!
 //! The vCPU knows no device: the VMM routes accesses in its handler. The run loop stops on
 //! `hlt` (only seen without an in-kernel irqchip), triple fault, the guest's system events,
@@ -30,7 +32,7 @@
 //!
 //! use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 //! use kvm_ioctls::Kvm;
-//! use petrel_vcpu::{parse_cpu_features, spawn_vcpu, EntryState, Vcpu, VcpuExitHandler};
+//! use petrel_vcpu::{parse_cpu_features, spawn_vcpu, EntryState, ExitStats, Vcpu, VcpuExitHandler};
 //!
 //! /// Routes the guest's accesses to the VMM's devices (here: a console on port 0x3f8).
 //! struct Devices;
@@ -71,15 +73,20 @@
 //! let mut vcpu = Vcpu::new(&vm, 0)?;
 //! vcpu.configure(&supported, 1, &changes, Some(&entry))?;
 //!
+//! let stats = Arc::new(ExitStats::new()); // one for all vCPUs of the VM
 //! let handle = spawn_vcpu(
 //!     vcpu,
 //!     Arc::new(Devices),
+//!     stats.clone(),
 //!     Box::new(|index, reason| eprintln!("vcpu {index} stopped: {reason}")),
 //! )?;
 //! // ... the guest runs; later, from any thread:
 //! handle.request_stop();
 //! let reason = handle.join()?;
 //! println!("{reason}");
+//! for exit in stats.snapshot().iter().filter(|e| e.count > 0) {
+//!     println!("{:<14} {:>8} exits {:>10} ns", exit.name, exit.count, exit.total_ns);
+//! }
 //! # Ok(())
 //! # }
 //! ```
@@ -90,6 +97,7 @@
 pub mod cpu_features;
 pub mod cpuid;
 pub mod exit;
+pub mod exit_stats;
 pub mod kick;
 pub mod registers;
 pub mod setup;
@@ -102,6 +110,7 @@ pub use kvm_ioctls;
 pub use cpu_features::{parse_cpu_features, CpuFeature, CpuFeatureChange, CpuFeatureError};
 pub use cpuid::{build_cpuid, CpuidError};
 pub use exit::{handle_exit, ExitAction, VcpuExitHandler, VcpuFailure, VcpuStopReason};
+pub use exit_stats::{ExitKind, ExitStat, ExitStats};
 pub use registers::RegisterDump;
 pub use setup::{EntryState, SetupError};
 pub use thread::{spawn_vcpu, OnVcpuExit, VcpuHandle, VcpuState};

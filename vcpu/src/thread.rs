@@ -20,6 +20,7 @@ use std::os::unix::thread::JoinHandleExt;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
+use std::time::Instant;
 
 use kvm_bindings::{KVM_EXIT_INTERNAL_ERROR, KVM_EXIT_UNKNOWN};
 use kvm_ioctls::{VcpuExit, VcpuFd};
@@ -28,6 +29,7 @@ use crate::exit::{
     describe_internal_error, handle_exit_with_pio_size, ExitAction, VcpuExitHandler, VcpuFailure,
     VcpuStopReason, HANDLER_PANICKED, KVM_RUN_FAILED,
 };
+use crate::exit_stats::{duration_ns, ExitKind, ExitStats};
 use crate::kick::{install_kick_handler, kick_thread, ArmedVcpu};
 use crate::registers::RegisterDump;
 use crate::vcpu::{Vcpu, VcpuError};
@@ -215,9 +217,15 @@ impl VcpuHandle {
 /// Starts a thread named `vcpu<index>` that runs `vcpu` until the guest stops it, it fails,
 /// or the handle asks it to stop. Port and MMIO exits go to `handler`; `on_exit` is called
 /// once, on the vCPU thread, with the stop reason.
+///
+/// Every exit is counted in `stats`, with the time spent handling it (from `KVM_RUN`
+/// returning until the exit was dealt with, including the `handler` call); the thread also
+/// marks the first `KVM_RUN` there ([`ExitStats::mark_first_run`]). Pass one `ExitStats` to
+/// all vCPUs of a VM.
 pub fn spawn_vcpu(
     vcpu: Vcpu,
     handler: Arc<dyn VcpuExitHandler>,
+    stats: Arc<ExitStats>,
     on_exit: OnVcpuExit,
 ) -> Result<VcpuHandle, VcpuError> {
     install_kick_handler()?;
@@ -226,7 +234,7 @@ pub fn spawn_vcpu(
     let thread_shared = shared.clone();
     let thread = thread::Builder::new()
         .name(format!("vcpu{index}"))
-        .spawn(move || vcpu_thread(vcpu, handler, on_exit, &thread_shared))
+        .spawn(move || vcpu_thread(vcpu, handler, &stats, on_exit, &thread_shared))
         .map_err(VcpuError::Spawn)?;
     Ok(VcpuHandle {
         index,
@@ -238,12 +246,13 @@ pub fn spawn_vcpu(
 fn vcpu_thread(
     vcpu: Vcpu,
     handler: Arc<dyn VcpuExitHandler>,
+    stats: &ExitStats,
     on_exit: OnVcpuExit,
     shared: &Shared,
 ) -> VcpuStopReason {
     let index = vcpu.index();
     let run = panic::catch_unwind(AssertUnwindSafe(|| {
-        run_loop(vcpu, &*handler, shared, index)
+        run_loop(vcpu, &*handler, stats, shared, index)
     }));
     let reason = run.unwrap_or_else(|payload| {
         VcpuStopReason::Failed(VcpuFailure::new(HANDLER_PANICKED, panic_message(&*payload)))
@@ -268,6 +277,7 @@ fn panic_message(payload: &(dyn Any + Send)) -> String {
 fn run_loop(
     vcpu: Vcpu,
     handler: &dyn VcpuExitHandler,
+    stats: &ExitStats,
     shared: &Shared,
     index: u32,
 ) -> VcpuStopReason {
@@ -275,6 +285,7 @@ fn run_loop(
         Ok(vcpu) => vcpu,
         Err(e) => return VcpuStopReason::Failed(VcpuFailure::new("vcpu kick", e.to_string())),
     };
+    let mut entered = false;
     loop {
         if let Some(reason) = shared.before_entry(index) {
             if log::log_enabled!(log::Level::Debug) {
@@ -284,17 +295,30 @@ fn run_loop(
             }
             return reason;
         }
-        if let Some(reason) = run_once(vcpu.fd_mut(), handler) {
+        if !entered {
+            stats.mark_first_run();
+            entered = true;
+        }
+        if let Some(reason) = run_once(vcpu.fd_mut(), handler, stats) {
             return reason;
         }
     }
 }
 
-/// Enters the guest once and handles the exit. `None` means "go round again".
-fn run_once(fd: &mut VcpuFd, handler: &dyn VcpuExitHandler) -> Option<VcpuStopReason> {
+/// Enters the guest once, handles the exit and counts it in `stats`. `None` means "go round
+/// again".
+fn run_once(
+    fd: &mut VcpuFd,
+    handler: &dyn VcpuExitHandler,
+    stats: &ExitStats,
+) -> Option<VcpuStopReason> {
     let run: *const kvm_bindings::kvm_run = fd.get_kvm_run();
-    let action = match fd.run() {
+    let result = fd.run();
+    // Handling time starts when KVM_RUN returns; the guest's own time is not counted.
+    let start = Instant::now();
+    let (kind, action) = match result {
         Ok(exit) => {
+            let kind = ExitKind::of(&exit);
             let pio_size = match exit {
                 VcpuExit::IoIn(..) | VcpuExit::IoOut(..) => {
                     // SAFETY: `run` points at this vCPU's kvm_run mapping, which lives as long
@@ -307,12 +331,13 @@ fn run_once(fd: &mut VcpuFd, handler: &dyn VcpuExitHandler) -> Option<VcpuStopRe
                 }
                 _ => 0,
             };
-            handle_exit_with_pio_size(exit, handler, pio_size)
+            (kind, handle_exit_with_pio_size(exit, handler, pio_size))
         }
         Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
             // Kicked (or interrupted by another signal): clear the kick and let the caller
             // look at its requests.
             fd.set_kvm_immediate_exit(0);
+            stats.record(ExitKind::Intr, duration_ns(start.elapsed()));
             return None;
         }
         Err(e) => {
@@ -321,6 +346,8 @@ fn run_once(fd: &mut VcpuFd, handler: &dyn VcpuExitHandler) -> Option<VcpuStopRe
             return Some(VcpuStopReason::Failed(failure));
         }
     };
+    // Failures are counted before the register capture below, which is not exit handling.
+    stats.record(kind, duration_ns(start.elapsed()));
     match action {
         ExitAction::Continue => None,
         ExitAction::Stop(VcpuStopReason::Failed(mut failure)) => {

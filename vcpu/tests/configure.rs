@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{exit_channel, Access, Recorder, TestVm, PATIENCE};
+use common::{exit_channel, stats, Access, Recorder, TestVm, PATIENCE};
 use kvm_bindings::{kvm_msr_entry, Msrs, KVM_MAX_CPUID_ENTRIES};
 use petrel_vcpu::cpuid::{build_cpuid, HYPERVISOR_LEAF, KVM_SIGNATURE};
 use petrel_vcpu::setup::{
@@ -207,7 +207,7 @@ fn configured_boot_vcpu_runs_64_bit_code() {
 
     let (recorder, events) = Recorder::new(0, 0);
     let (on_exit, exits) = exit_channel();
-    let handle = spawn_vcpu(vcpu, recorder, on_exit).expect("spawn");
+    let handle = spawn_vcpu(vcpu, recorder, stats(), on_exit).expect("spawn");
     let first = events.recv_timeout(PATIENCE);
     let second = events.recv_timeout(PATIENCE);
     handle.request_stop();

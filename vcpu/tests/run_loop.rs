@@ -7,10 +7,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use common::{exit_channel, Access, Recorder, TestVm, PATIENCE};
+use common::{exit_channel, stats, Access, Recorder, TestVm, PATIENCE};
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use petrel_vcpu::cpuid::{build_cpuid, KVM_SIGNATURE};
-use petrel_vcpu::{spawn_vcpu, Vcpu, VcpuExitHandler, VcpuState, VcpuStopReason};
+use petrel_vcpu::{spawn_vcpu, ExitKind, Vcpu, VcpuExitHandler, VcpuState, VcpuStopReason};
 
 const CODE: u64 = 0x1000;
 
@@ -34,7 +34,7 @@ fn port_and_mmio_exits_reach_the_handler_then_hlt_stops() {
     let vcpu = vm.real_mode_vcpu(0, CODE);
     let (recorder, _events) = Recorder::new(0x99, 0x77);
     let (on_exit, exits) = exit_channel();
-    let handle = spawn_vcpu(vcpu, recorder.clone(), on_exit).expect("spawn");
+    let handle = spawn_vcpu(vcpu, recorder.clone(), stats(), on_exit).expect("spawn");
 
     let (index, reason) = exits.recv_timeout(PATIENCE).expect("vcpu stops on hlt");
     assert_eq!((index, reason.clone()), (0, VcpuStopReason::Halted));
@@ -62,7 +62,7 @@ fn request_stop_ends_a_guest_spinning_in_kvm_run() {
     let vcpu = vm.real_mode_vcpu(0, CODE);
     let (recorder, events) = Recorder::new(0, 0);
     let (on_exit, exits) = exit_channel();
-    let handle = spawn_vcpu(vcpu, recorder, on_exit).expect("spawn");
+    let handle = spawn_vcpu(vcpu, recorder, stats(), on_exit).expect("spawn");
 
     // Once the `out` was seen, the guest is in its endless loop inside KVM_RUN.
     let first = events
@@ -94,7 +94,7 @@ fn request_stop_ends_an_ap_waiting_for_sipi() {
         .expect("configure ap");
     let (recorder, _events) = Recorder::new(0, 0);
     let (on_exit, exits) = exit_channel();
-    let handle = spawn_vcpu(ap, recorder.clone(), on_exit).expect("spawn");
+    let handle = spawn_vcpu(ap, recorder.clone(), stats(), on_exit).expect("spawn");
     assert_eq!(handle.index(), 1);
 
     // Give the thread time to block in KVM_RUN (not required for correctness: a stop
@@ -121,7 +121,7 @@ fn stop_requested_before_the_thread_runs_is_not_lost() {
         let vcpu = vm.real_mode_vcpu(i, CODE);
         let (recorder, _events) = Recorder::new(0, 0);
         let (on_exit, exits) = exit_channel();
-        let handle = spawn_vcpu(vcpu, recorder, on_exit).expect("spawn");
+        let handle = spawn_vcpu(vcpu, recorder, stats(), on_exit).expect("spawn");
         handle.request_stop();
         let (_, reason) = exits.recv_timeout(PATIENCE).expect("vcpu stops");
         assert_eq!(reason, VcpuStopReason::Requested, "round {i}");
@@ -162,7 +162,7 @@ fn pause_parks_the_vcpu_and_resume_lets_it_run_again() {
         first: std::sync::Mutex::new(Some(tx)),
     });
     let (on_exit, exits) = exit_channel();
-    let handle = spawn_vcpu(vcpu, counter.clone(), on_exit).expect("spawn");
+    let handle = spawn_vcpu(vcpu, counter.clone(), stats(), on_exit).expect("spawn");
     first.recv_timeout(PATIENCE).expect("guest runs");
 
     assert_eq!(handle.pause(), VcpuState::Paused);
@@ -216,7 +216,7 @@ fn triple_fault_is_reported() {
     vcpu.fd().set_sregs(&sregs).expect("set sregs");
     let (recorder, _events) = Recorder::new(0, 0);
     let (on_exit, exits) = exit_channel();
-    let handle = spawn_vcpu(vcpu, recorder, on_exit).expect("spawn");
+    let handle = spawn_vcpu(vcpu, recorder, stats(), on_exit).expect("spawn");
     let (_, reason) = exits.recv_timeout(PATIENCE).expect("vcpu stops");
     assert_eq!(reason, VcpuStopReason::TripleFault);
     handle.join().expect("join");
@@ -253,7 +253,7 @@ fn guest_sees_its_apic_id_and_the_kvm_signature() {
     vcpu.fd().set_cpuid2(&cpuid).expect("set cpuid");
     let (recorder, _events) = Recorder::new(0, 0);
     let (on_exit, exits) = exit_channel();
-    let handle = spawn_vcpu(vcpu, recorder.clone(), on_exit).expect("spawn");
+    let handle = spawn_vcpu(vcpu, recorder.clone(), stats(), on_exit).expect("spawn");
     let (_, reason) = exits.recv_timeout(PATIENCE).expect("vcpu stops");
     assert_eq!(reason, VcpuStopReason::Halted);
     handle.join().expect("join");
@@ -268,4 +268,63 @@ fn guest_sees_its_apic_id_and_the_kvm_signature() {
         })
         .collect();
     assert_eq!(signature, KVM_SIGNATURE);
+}
+
+/// Answers reads with 0 and takes at least a millisecond over each write to port 0x81.
+struct SlowPort81;
+
+impl VcpuExitHandler for SlowPort81 {
+    fn pio_read(&self, _port: u16, data: &mut [u8]) {
+        data.fill(0);
+    }
+    fn pio_write(&self, port: u16, _data: &[u8]) {
+        if port == 0x81 {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+    fn mmio_read(&self, _addr: u64, data: &mut [u8]) {
+        data.fill(0);
+    }
+    fn mmio_write(&self, _addr: u64, _data: &[u8]) {}
+}
+
+#[test]
+fn exits_are_counted_by_kind_with_their_handling_time() {
+    // RAM is [0, 0x4000): 0x5000 is MMIO.
+    let mut vm = TestVm::with_ram(false, 0x4000);
+    #[rustfmt::skip]
+    let code = [
+        0xe6, 0x80,             // out 0x80, al
+        0xe6, 0x80,             // out 0x80, al
+        0xe6, 0x80,             // out 0x80, al
+        0xe6, 0x81,             // out 0x81, al   (the handler sleeps 1 ms)
+        0xe6, 0x81,             // out 0x81, al
+        0xe4, 0x60,             // in al, 0x60
+        0xa2, 0x00, 0x50,       // mov [0x5000], al
+        0xf4,                   // hlt
+    ];
+    vm.ram.write(CODE, &code);
+    let vcpu = vm.real_mode_vcpu(0, CODE);
+    let stats = stats();
+    assert_eq!(stats.first_run(), None);
+    let before = Instant::now();
+    let (on_exit, exits) = exit_channel();
+    let handle = spawn_vcpu(vcpu, Arc::new(SlowPort81), stats.clone(), on_exit).expect("spawn");
+    let (_, reason) = exits.recv_timeout(PATIENCE).expect("vcpu stops on hlt");
+    assert_eq!(reason, VcpuStopReason::Halted);
+    handle.join().expect("join");
+
+    let io_out = stats.get(ExitKind::IoOut);
+    assert_eq!(io_out.count, 5, "{io_out:?}");
+    assert!(
+        io_out.total_ns >= 2_000_000,
+        "the two slow writes are in the handling time: {io_out:?}"
+    );
+    assert_eq!(stats.get(ExitKind::IoIn).count, 1);
+    assert_eq!(stats.get(ExitKind::MmioWrite).count, 1);
+    assert_eq!(stats.get(ExitKind::MmioRead).count, 0);
+    assert_eq!(stats.get(ExitKind::Hlt).count, 1);
+    assert_eq!(stats.total_exits(), 8, "{:?}", stats.snapshot());
+    let first_run = stats.first_run().expect("first KVM_RUN recorded");
+    assert!(first_run >= before && first_run <= Instant::now());
 }

@@ -8,18 +8,22 @@
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use petrel_boot::layout::BOOT_STACK_POINTER;
 use petrel_boot::{load_linux_boot, BootEntry, BootError};
 use petrel_devices::bus::{Bus, BusError};
 use petrel_devices::legacy::absent::{AbsentDevice, ABSENT_PIO_RANGES};
+use petrel_devices::legacy::boot_timer::{
+    BootTime, BootTimerDevice, BOOT_TIMER_PORT, BOOT_TIMER_PORT_LEN,
+};
 use petrel_devices::legacy::i8042::{I8042Device, I8042_PORT, I8042_PORT_LEN};
 use petrel_devices::legacy::serial::{SerialDevice, COM1_IRQ, COM1_PORT, SERIAL_PORT_LEN};
 use petrel_memory::guest_ram::{create_guest_memory, GuestRamError};
 use petrel_memory::layout::MemoryLayout;
 use petrel_memory::GuestMemoryMmap;
 use petrel_vcpu::cpu_features::{parse_cpu_features, CpuFeatureChange};
+use petrel_vcpu::exit_stats::ExitStats;
 use petrel_vcpu::setup::EntryState;
 use petrel_vcpu::vcpu::Vcpu;
 use petrel_vcpu::VcpuError;
@@ -29,7 +33,8 @@ use crate::config::{ConfigError, VmConfig};
 use crate::console::ConsoleError;
 use crate::irq::{IrqError, IrqfdLine};
 use crate::kvm_vm::{KvmVm, KvmVmError};
-use crate::vmm::Vmm;
+use crate::process_start;
+use crate::vmm::{RunOptions, Vmm};
 
 /// Errors from building a VM.
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +114,8 @@ pub struct LegacyDevices {
     pub serial_input_drained: EventFd,
     /// Signalled when the guest resets through the i8042.
     pub reset: EventFd,
+    /// The boot-timer reading, when the boot timer is attached.
+    pub boot_time: Option<Arc<OnceLock<BootTime>>>,
 }
 
 /// Builds a VM from `config`, ready for [`Vmm::run`].
@@ -124,6 +131,7 @@ pub fn build_vm(config: &VmConfig) -> Result<Vmm, BuildError> {
         .map(|path| open_file("initrd", path))
         .transpose()?;
 
+    let exit_stats = Arc::new(ExitStats::new());
     let vm = KvmVm::create()?;
     vm.check_vcpu_count(config.vcpus)?;
     log::debug!("created the KVM VM with its irqchip and PIT");
@@ -131,7 +139,10 @@ pub fn build_vm(config: &VmConfig) -> Result<Vmm, BuildError> {
     log::debug!("registered guest memory");
     let mut vcpus = create_vcpus(&vm, config.vcpus)?;
     log::debug!("created {} vCPUs", vcpus.len());
-    let devices = attach_legacy_devices(&vm, console_output)?;
+    let mut devices = attach_legacy_devices(&vm, console_output)?;
+    if config.boot_timer {
+        devices.boot_time = Some(attach_boot_timer(&mut devices.pio_bus, &exit_stats)?);
+    }
     log::debug!("attached the legacy devices");
     let boot = load_linux_boot(
         &memory,
@@ -152,7 +163,8 @@ pub fn build_vm(config: &VmConfig) -> Result<Vmm, BuildError> {
         memory,
         vcpus,
         devices,
-        config.console.takes_stdin(),
+        exit_stats,
+        RunOptions::from_config(config),
     ))
 }
 
@@ -197,10 +209,11 @@ fn attach_legacy_devices(
         Some(drained_for_device),
     )));
     pio_bus
-        .insert(
+        .insert_named(
             serial.clone(),
             u64::from(COM1_PORT),
             u64::from(SERIAL_PORT_LEN),
+            "COM1",
         )
         .map_err(|source| BuildError::Bus {
             what: "COM1",
@@ -213,7 +226,12 @@ fn attach_legacy_devices(
         .map_err(|e| BuildError::EventFd("the i8042", e))?;
     let i8042 = Arc::new(Mutex::new(I8042Device::new(reset_for_device)));
     pio_bus
-        .insert(i8042, u64::from(I8042_PORT), u64::from(I8042_PORT_LEN))
+        .insert_named(
+            i8042,
+            u64::from(I8042_PORT),
+            u64::from(I8042_PORT_LEN),
+            "i8042",
+        )
         .map_err(|source| BuildError::Bus {
             what: "the i8042",
             source,
@@ -221,10 +239,11 @@ fn attach_legacy_devices(
 
     for (base, len, what) in ABSENT_PIO_RANGES {
         pio_bus
-            .insert(
+            .insert_named(
                 Arc::new(Mutex::new(AbsentDevice)),
                 u64::from(*base),
                 u64::from(*len),
+                what,
             )
             .map_err(|source| BuildError::Bus { what, source })?;
     }
@@ -234,7 +253,29 @@ fn attach_legacy_devices(
         serial,
         serial_input_drained,
         reset,
+        boot_time: None,
     })
+}
+
+/// Places the boot-timer device (port 0x440) on the bus; returns where its reading appears.
+fn attach_boot_timer(
+    pio_bus: &mut Bus,
+    exit_stats: &ExitStats,
+) -> Result<Arc<OnceLock<BootTime>>, BuildError> {
+    let timer = BootTimerDevice::new(process_start(), exit_stats.first_run_cell());
+    let reading = timer.boot_time_cell();
+    pio_bus
+        .insert_named(
+            Arc::new(Mutex::new(timer)),
+            u64::from(BOOT_TIMER_PORT),
+            u64::from(BOOT_TIMER_PORT_LEN),
+            "boot-timer",
+        )
+        .map_err(|source| BuildError::Bus {
+            what: "the boot timer",
+            source,
+        })?;
+    Ok(reading)
 }
 
 fn log_boot_entry(boot: &BootEntry) {

@@ -78,6 +78,15 @@ pub struct VmConfig {
     /// Where the serial console goes.
     #[serde(default)]
     pub console: ConsoleConfig,
+    /// Attach the boot-timer device (port 0x440) and report when the guest writes to it.
+    #[serde(default)]
+    pub boot_timer: bool,
+    /// Print the VM-exit statistics table at shutdown.
+    #[serde(default)]
+    pub exit_stats: bool,
+    /// Write JSON metrics to this file at exit and on SIGUSR1.
+    #[serde(default)]
+    pub metrics: Option<PathBuf>,
 }
 
 fn default_cmdline() -> String {
@@ -103,6 +112,9 @@ impl VmConfig {
             memory: DEFAULT_MEMORY,
             cpu_features: String::new(),
             console: ConsoleConfig::default(),
+            boot_timer: false,
+            exit_stats: false,
+            metrics: None,
         }
     }
 
@@ -120,6 +132,9 @@ impl VmConfig {
         }
         self.memory_layout()?;
         parse_cpu_features(&self.cpu_features)?;
+        if let Some(path) = &self.metrics {
+            check_writable_location("metrics file", path)?;
+        }
         Ok(())
     }
 
@@ -154,6 +169,27 @@ fn check_regular_file(what: &'static str, path: &Path) -> Result<(), ConfigError
         return Err(bad("is empty".to_string()));
     }
     fs::File::open(path).map_err(|e| bad(io_problem(&e)))?;
+    Ok(())
+}
+
+/// Checks that `path` can be created or overwritten: its directory exists and it is not a
+/// directory itself. (Permission problems surface when the file is written.)
+fn check_writable_location(what: &'static str, path: &Path) -> Result<(), ConfigError> {
+    let bad = |problem: &str| ConfigError::BadFile {
+        what,
+        path: path.to_path_buf(),
+        problem: problem.to_string(),
+    };
+    if path.is_dir() {
+        return Err(bad("is a directory, not a file"));
+    }
+    let parent = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    if !parent.is_dir() {
+        return Err(bad("its directory does not exist"));
+    }
     Ok(())
 }
 
@@ -234,6 +270,21 @@ mod tests {
 
         config.memory = MemorySize::from_mib(1 << 30);
         assert!(matches!(config.validate(), Err(ConfigError::Memory { .. })));
+    }
+
+    #[test]
+    fn metrics_paths_are_checked() {
+        let mut config = VmConfig::new(temp_file("kernel-metrics", b"x"));
+        config.metrics = Some(PathBuf::from("/nonexistent/dir/metrics.json"));
+        assert!(config
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("directory does not exist"));
+        config.metrics = Some(std::env::temp_dir());
+        assert!(config.validate().is_err());
+        config.metrics = Some(std::env::temp_dir().join("petrel-metrics.json"));
+        config.validate().unwrap();
     }
 
     #[test]

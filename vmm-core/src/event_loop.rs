@@ -1,15 +1,19 @@
 //! The event-loop subscribers that run on petrel's main thread: host stdin into the serial
-//! console, and the events that stop the VM (guest reset, stop signals, vCPU exits).
+//! console, the events that stop the VM (guest reset or power-off, stop signals, vCPU exits),
+//! and metrics requests.
 
 use std::os::fd::{AsRawFd, RawFd};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use petrel_devices::legacy::serial::SerialDevice;
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::lifecycle::{ResetSource, StopLatch, StopReason};
+use crate::lifecycle::{StopLatch, StopReason};
+use crate::metrics::{metrics_json, write_metrics};
 use crate::signals::take_stop_signal;
+use crate::stats::VmStats;
 
 /// How many stdin bytes are read at a time; the serial FIFO takes 64 at most anyway.
 const STDIN_CHUNK: usize = 64;
@@ -128,20 +132,26 @@ impl MutEventSubscriber for ConsoleInput {
     }
 }
 
-/// Turns stop events into a [`StopReason`] on the latch: the i8042 reset line, stop signals,
-/// and the latch's own wake-up (reported by vCPU threads).
+/// Turns stop events into a [`StopReason`] on the latch: the guest's reset and power-off
+/// lines (each an eventfd a device signals), stop signals, and the latch's own wake-up
+/// (reported by vCPU threads).
 pub struct StopEvents {
     latch: Arc<StopLatch>,
-    reset: EventFd,
+    guest_lines: Vec<(EventFd, StopReason)>,
     signal: Option<&'static EventFd>,
 }
 
 impl StopEvents {
-    /// Watches `reset` (the i8042 reset line) and, if given, the stop-signal eventfd.
-    pub fn new(latch: Arc<StopLatch>, reset: EventFd, signal: Option<&'static EventFd>) -> Self {
+    /// Watches each of `guest_lines` (an eventfd and the stop it means) and, if given, the
+    /// stop-signal eventfd.
+    pub fn new(
+        latch: Arc<StopLatch>,
+        guest_lines: Vec<(EventFd, StopReason)>,
+        signal: Option<&'static EventFd>,
+    ) -> Self {
         Self {
             latch,
-            reset,
+            guest_lines,
             signal,
         }
     }
@@ -149,7 +159,8 @@ impl StopEvents {
 
 impl MutEventSubscriber for StopEvents {
     fn init(&mut self, ops: &mut EventOps) {
-        let mut fds = vec![self.latch.as_raw_fd(), self.reset.as_raw_fd()];
+        let mut fds = vec![self.latch.as_raw_fd()];
+        fds.extend(self.guest_lines.iter().map(|(event, _)| event.as_raw_fd()));
         fds.extend(self.signal.map(|s| s.as_raw_fd()));
         for fd in fds {
             if let Err(e) = ops.add(Events::new_raw(fd, EventSet::IN)) {
@@ -162,17 +173,52 @@ impl MutEventSubscriber for StopEvents {
 
     fn process(&mut self, events: Events, _ops: &mut EventOps) {
         let fd = events.fd();
-        if fd == self.reset.as_raw_fd() {
+        if let Some((event, reason)) = self
+            .guest_lines
+            .iter()
+            .find(|(event, _)| event.as_raw_fd() == fd)
+        {
             // EAGAIN just means the counter was already cleared.
-            let _ = self.reset.read();
-            self.latch
-                .report(StopReason::GuestReset(ResetSource::I8042));
+            let _ = event.read();
+            self.latch.report(reason.clone());
         } else if self.signal.is_some_and(|s| s.as_raw_fd() == fd) {
             if let Some(signal) = take_stop_signal() {
                 self.latch.report(StopReason::Signal(signal));
             }
         } else if fd == self.latch.as_raw_fd() {
             self.latch.acknowledge();
+        }
+    }
+}
+
+/// Writes the metrics file whenever SIGUSR1 arrives.
+pub struct MetricsRequests {
+    event: &'static EventFd,
+    stats: VmStats,
+    path: PathBuf,
+}
+
+impl MetricsRequests {
+    /// Answers requests signalled on `event` by writing `stats` to `path`.
+    pub fn new(event: &'static EventFd, stats: VmStats, path: PathBuf) -> Self {
+        Self { event, stats, path }
+    }
+}
+
+impl MutEventSubscriber for MetricsRequests {
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(self.event, EventSet::IN)) {
+            log::warn!("cannot watch for metrics requests: {e:?}");
+        }
+    }
+
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        // EAGAIN just means the counter was already cleared.
+        let _ = self.event.read();
+        let value = metrics_json(&self.stats.snapshot(), None);
+        match write_metrics(&self.path, &value) {
+            Ok(()) => log::info!("metrics written to {}", self.path.display()),
+            Err(e) => log::warn!("{e}"),
         }
     }
 }

@@ -36,6 +36,8 @@ pub enum ResetSource {
     TripleFault,
     /// KVM reported a system reset event.
     SystemEvent,
+    /// The ACPI reset register described in the FADT.
+    AcpiResetRegister,
 }
 
 /// Why the VM stopped.
@@ -106,6 +108,9 @@ impl fmt::Display for StopReason {
             }
             StopReason::GuestReset(ResetSource::SystemEvent) => {
                 f.write_str("guest reset the machine (system event)")
+            }
+            StopReason::GuestReset(ResetSource::AcpiResetRegister) => {
+                f.write_str("guest reset the machine (ACPI reset register)")
             }
             StopReason::GuestPowerOff => f.write_str("guest powered off"),
             StopReason::GuestHalted => f.write_str("guest halted"),

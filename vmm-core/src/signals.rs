@@ -30,6 +30,12 @@ pub enum SignalError {
 /// The signals that stop the VM.
 pub const STOP_SIGNALS: [c_int; 2] = [libc::SIGTERM, libc::SIGINT];
 
+/// The signal that asks for a metrics file now.
+pub const METRICS_SIGNAL: c_int = libc::SIGUSR1;
+
+static METRICS_EVENT: OnceLock<EventFd> = OnceLock::new();
+static METRICS_EVENT_FD: AtomicI32 = AtomicI32::new(-1);
+
 static STOP_EVENT: OnceLock<EventFd> = OnceLock::new();
 static STOP_EVENT_FD: AtomicI32 = AtomicI32::new(-1);
 static RECEIVED_SIGNAL: AtomicI32 = AtomicI32::new(0);
@@ -45,6 +51,35 @@ extern "C" fn on_stop_signal(signal: c_int, _info: *mut siginfo_t, _context: *mu
             libc::write(fd, (&one as *const u64).cast(), std::mem::size_of::<u64>());
         }
     }
+}
+
+extern "C" fn on_metrics_signal(_signal: c_int, _info: *mut siginfo_t, _context: *mut c_void) {
+    let fd = METRICS_EVENT_FD.load(Ordering::SeqCst);
+    if fd >= 0 {
+        let one: u64 = 1;
+        // SAFETY: as in on_stop_signal: an async-signal-safe write of a live local to the
+        // eventfd kept open in METRICS_EVENT.
+        unsafe {
+            libc::write(fd, (&one as *const u64).cast(), std::mem::size_of::<u64>());
+        }
+    }
+}
+
+/// Installs the SIGUSR1 handler (once per process) and returns the eventfd it signals.
+pub fn install_metrics_signal_handler() -> Result<&'static EventFd, SignalError> {
+    if let Some(event) = METRICS_EVENT.get() {
+        return Ok(event);
+    }
+    let event = EventFd::new(EFD_NONBLOCK).map_err(SignalError::EventFd)?;
+    let event = METRICS_EVENT.get_or_init(|| event);
+    METRICS_EVENT_FD.store(event.as_raw_fd(), Ordering::SeqCst);
+    register_signal_handler(METRICS_SIGNAL, on_metrics_signal).map_err(|source| {
+        SignalError::Register {
+            signal: METRICS_SIGNAL,
+            source,
+        }
+    })?;
+    Ok(event)
 }
 
 /// Installs the SIGTERM/SIGINT handlers (once per process) and returns the eventfd they
@@ -78,6 +113,14 @@ pub fn take_stop_signal() -> Option<c_int> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_metrics_signal_wakes_its_eventfd() {
+        let event = install_metrics_signal_handler().unwrap();
+        // SAFETY: raising a signal whose handler is installed above.
+        unsafe { libc::raise(METRICS_SIGNAL) };
+        assert_eq!(event.read().unwrap(), 1);
+    }
 
     #[test]
     fn a_stop_signal_is_recorded_and_wakes_the_eventfd() {

@@ -1,20 +1,26 @@
 //! A built VM and its run: start the vCPU threads, run the event loop until something stops
-//! the VM, then stop and join every vCPU thread.
+//! the VM, then stop and join every vCPU thread and report what happened.
 
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use petrel_devices::bus::Bus;
 use petrel_memory::GuestMemoryMmap;
+use petrel_vcpu::exit_stats::ExitStats;
 use petrel_vcpu::thread::{spawn_vcpu, VcpuHandle};
 use petrel_vcpu::vcpu::Vcpu;
+use vmm_sys_util::eventfd::EventFd;
 
 use crate::builder::LegacyDevices;
-use crate::event_loop::{ConsoleInput, StopEvents};
+use crate::config::VmConfig;
+use crate::event_loop::{ConsoleInput, MetricsRequests, StopEvents};
 use crate::exit_handler::BusExitHandler;
 use crate::kvm_vm::KvmVm;
-use crate::lifecycle::{LifecycleError, StopLatch, StopReason};
-use crate::signals::{install_stop_signal_handlers, SignalError};
+use crate::lifecycle::{LifecycleError, ResetSource, StopLatch, StopReason};
+use crate::metrics::{metrics_json, write_metrics};
+use crate::signals::{install_metrics_signal_handler, install_stop_signal_handlers, SignalError};
+use crate::stats::VmStats;
 
 /// The subscriber type of petrel's event loop.
 pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
@@ -45,6 +51,36 @@ pub enum RunError {
     },
 }
 
+/// How the run reports on itself.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Whether host stdin feeds the serial console.
+    pub console_takes_stdin: bool,
+    /// Print the exit-statistics table at shutdown.
+    pub exit_stats: bool,
+    /// Write metrics here at exit and on SIGUSR1.
+    pub metrics: Option<PathBuf>,
+}
+
+impl RunOptions {
+    /// The run options a configuration asks for.
+    pub fn from_config(config: &VmConfig) -> Self {
+        Self {
+            console_takes_stdin: config.console.takes_stdin(),
+            exit_stats: config.exit_stats,
+            metrics: config.metrics.clone(),
+        }
+    }
+}
+
+/// How a run ended, with what it measured.
+pub struct RunReport {
+    /// Why the VM stopped.
+    pub reason: StopReason,
+    /// The `--exit-stats` table, when asked for.
+    pub exit_stats_table: Option<String>,
+}
+
 /// A VM that is built and ready to run.
 ///
 /// Fields drop in declaration order: the vCPUs and the KVM VM go before the guest memory they
@@ -52,7 +88,8 @@ pub enum RunError {
 pub struct Vmm {
     vcpus: Vec<Vcpu>,
     devices: LegacyDevices,
-    console_takes_stdin: bool,
+    exit_stats: Arc<ExitStats>,
+    options: RunOptions,
     vm: KvmVm,
     memory: GuestMemoryMmap,
 }
@@ -63,12 +100,14 @@ impl Vmm {
         memory: GuestMemoryMmap,
         vcpus: Vec<Vcpu>,
         devices: LegacyDevices,
-        console_takes_stdin: bool,
+        exit_stats: Arc<ExitStats>,
+        options: RunOptions,
     ) -> Self {
         Self {
             vcpus,
             devices,
-            console_takes_stdin,
+            exit_stats,
+            options,
             vm,
             memory,
         }
@@ -86,39 +125,45 @@ impl Vmm {
 
     /// Runs the VM until the guest stops it, a stop signal arrives, or a vCPU fails; every vCPU
     /// thread has stopped when this returns.
-    pub fn run(mut self) -> Result<StopReason, RunError> {
+    pub fn run(mut self) -> Result<RunReport, RunError> {
         let latch = Arc::new(StopLatch::new()?);
         let signal_event = install_stop_signal_handlers()?;
         let mut event_manager: EventManager<Subscriber> =
             EventManager::new().map_err(RunError::EventLoop)?;
 
-        let reset = self
-            .devices
-            .reset
-            .try_clone()
-            .map_err(RunError::CloneEventFd)?;
+        let stats = VmStats {
+            exits: self.exit_stats.clone(),
+            pio: Arc::new(std::mem::take(&mut self.devices.pio_bus)),
+            mmio: Arc::new(Bus::new()),
+            boot_time: self.devices.boot_time.clone(),
+        };
+        let guest_lines = vec![(
+            clone_event(&self.devices.reset)?,
+            StopReason::GuestReset(ResetSource::I8042),
+        )];
         event_manager.add_subscriber(Arc::new(Mutex::new(StopEvents::new(
             latch.clone(),
-            reset,
+            guest_lines,
             Some(signal_event),
         ))));
-        if self.console_takes_stdin {
-            let drained = self
-                .devices
-                .serial_input_drained
-                .try_clone()
-                .map_err(RunError::CloneEventFd)?;
+        if self.options.console_takes_stdin {
             event_manager.add_subscriber(Arc::new(Mutex::new(ConsoleInput::new(
                 self.devices.serial.clone(),
                 libc::STDIN_FILENO,
-                drained,
+                clone_event(&self.devices.serial_input_drained)?,
+            ))));
+        }
+        if let Some(path) = &self.options.metrics {
+            let requests = install_metrics_signal_handler()?;
+            event_manager.add_subscriber(Arc::new(Mutex::new(MetricsRequests::new(
+                requests,
+                stats.clone(),
+                path.clone(),
             ))));
         }
 
-        let pio_bus = std::mem::take(&mut self.devices.pio_bus);
-        let handler = Arc::new(BusExitHandler::new(Arc::new(pio_bus), Arc::new(Bus::new())));
-        let handles = self.start_vcpus(handler, &latch);
-        let handles = match handles {
+        let handler = Arc::new(BusExitHandler::new(stats.pio.clone(), stats.mmio.clone()));
+        let handles = match self.start_vcpus(handler, &latch) {
             Ok(handles) => handles,
             Err((error, started)) => {
                 stop_vcpus(started);
@@ -141,7 +186,24 @@ impl Vmm {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .flush_output();
-        Ok(reason)
+        Ok(self.report(&stats, reason))
+    }
+
+    /// Writes the metrics file and builds the exit-statistics table, as asked.
+    fn report(&self, stats: &VmStats, reason: StopReason) -> RunReport {
+        let snapshot = stats.snapshot();
+        if let Some(boot_time) = snapshot.boot_time {
+            log::debug!("boot-timer reading: {boot_time}");
+        }
+        if let Some(path) = &self.options.metrics {
+            if let Err(e) = write_metrics(path, &metrics_json(&snapshot, Some(&reason))) {
+                log::error!("{e}");
+            }
+        }
+        RunReport {
+            exit_stats_table: self.options.exit_stats.then(|| snapshot.table()),
+            reason,
+        }
     }
 
     fn start_vcpus(
@@ -158,13 +220,17 @@ impl Vmm {
                     latch.report(reason);
                 }
             });
-            match spawn_vcpu(vcpu, handler.clone(), on_exit) {
+            match spawn_vcpu(vcpu, handler.clone(), self.exit_stats.clone(), on_exit) {
                 Ok(handle) => handles.push(handle),
                 Err(source) => return Err((RunError::StartVcpu { index, source }, handles)),
             }
         }
         Ok(handles)
     }
+}
+
+fn clone_event(event: &EventFd) -> Result<EventFd, RunError> {
+    event.try_clone().map_err(RunError::CloneEventFd)
 }
 
 /// Asks every vCPU thread to stop, then waits for all of them.

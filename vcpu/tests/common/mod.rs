@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::{Kvm, VmFd};
-use petrel_vcpu::{OnVcpuExit, Vcpu, VcpuExitHandler, VcpuStopReason};
+use petrel_vcpu::{ExitStats, OnVcpuExit, Vcpu, VcpuExitHandler, VcpuStopReason};
 
 /// How long a test waits for something the guest or a vCPU thread must do. Generous: the
 /// assertion is that it happens at all, not how fast.
@@ -195,4 +195,9 @@ pub fn exit_channel() -> (OnVcpuExit, Receiver<(u32, VcpuStopReason)>) {
         let _ = tx.send((index, reason));
     });
     (on_exit, rx)
+}
+
+/// Fresh exit statistics for one test VM.
+pub fn stats() -> Arc<ExitStats> {
+    Arc::new(ExitStats::new())
 }

@@ -1,0 +1,158 @@
+//! The `--metrics` JSON file, written at exit and whenever petrel gets SIGUSR1.
+//!
+//! Field names follow Firecracker's metrics where the meaning is the same (`vcpu.exit_io_out`,
+//! `uart.write_count`, `i8042.reset_count`, …), so existing dashboards can read them; what
+//! Firecracker has no name for lives under `petrel`.
+
+use std::fs;
+use std::io;
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Value};
+
+use crate::lifecycle::{ResetSource, StopReason};
+use crate::stats::StatsSnapshot;
+
+/// Errors writing the metrics file.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    /// The file could not be written.
+    #[error("cannot write metrics to {path}")]
+    Write {
+        /// The metrics path.
+        path: String,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// The metrics document for `snapshot`, with the stop reason once the VM has stopped.
+pub fn metrics_json(snapshot: &StatsSnapshot, stop: Option<&StopReason>) -> Value {
+    let utc_timestamp_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let exit = |name: &str| snapshot.exit_count(name);
+    let range = |name: &str| snapshot.pio_range(name);
+    let failures = exit("fail_entry") + exit("internal_error") + exit("other");
+    let reset_count = u64::from(matches!(
+        stop,
+        Some(StopReason::GuestReset(ResetSource::I8042))
+    ));
+    json!({
+        "utc_timestamp_ms": utc_timestamp_ms,
+        "vcpu": {
+            "exit_io_in": exit("io_in"),
+            "exit_io_out": exit("io_out"),
+            "exit_mmio_read": exit("mmio_read"),
+            "exit_mmio_write": exit("mmio_write"),
+            "failures": failures,
+        },
+        "uart": {
+            "read_count": range("COM1").map_or(0, |r| r.reads),
+            "write_count": range("COM1").map_or(0, |r| r.writes),
+        },
+        "i8042": {
+            "read_count": range("i8042").map_or(0, |r| r.reads),
+            "write_count": range("i8042").map_or(0, |r| r.writes),
+            "reset_count": reset_count,
+        },
+        "petrel": {
+            "boot_time_us": snapshot.boot_time.map(|b| b.since_process_start.as_micros() as u64),
+            "boot_time_since_first_run_us": snapshot
+                .boot_time
+                .and_then(|b| b.since_first_run)
+                .map(|d| d.as_micros() as u64),
+            "exits": snapshot.exits.iter().map(|e| json!({
+                "reason": e.name,
+                "count": e.count,
+                "total_us": e.total_ns / 1000,
+            })).collect::<Vec<_>>(),
+            "devices": snapshot.devices.iter().map(|d| json!({
+                "space": d.space,
+                "device": d.name,
+                "accesses": d.accesses,
+                "total_us": d.total_ns / 1000,
+            })).collect::<Vec<_>>(),
+            "stop_reason": stop.map(|s| s.to_string()),
+        },
+    })
+}
+
+/// Writes `value` to `path` atomically: a reader never sees half a file.
+pub fn write_metrics(path: &Path, value: &Value) -> Result<(), MetricsError> {
+    let error = |source| MetricsError::Write {
+        path: path.display().to_string(),
+        source,
+    };
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(".tmp");
+    let text = serde_json::to_string_pretty(value).map_err(|e| error(e.into()))?;
+    fs::write(&temporary, text + "\n").map_err(error)?;
+    fs::rename(&temporary, path).map_err(error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::DeviceRow;
+    use petrel_vcpu::exit_stats::ExitStat;
+
+    fn snapshot() -> StatsSnapshot {
+        StatsSnapshot {
+            exits: vec![
+                ExitStat {
+                    name: "io_out",
+                    count: 12,
+                    total_ns: 24_000,
+                },
+                ExitStat {
+                    name: "mmio_read",
+                    count: 2,
+                    total_ns: 1_000,
+                },
+            ],
+            devices: vec![DeviceRow {
+                space: "pio",
+                name: "COM1".into(),
+                accesses: 12,
+                total_ns: 20_000,
+            }],
+            pio_ranges: Vec::new(),
+            boot_time: None,
+        }
+    }
+
+    #[test]
+    fn firecracker_names_carry_the_counts() {
+        let value = metrics_json(
+            &snapshot(),
+            Some(&StopReason::GuestReset(ResetSource::I8042)),
+        );
+        assert_eq!(value["vcpu"]["exit_io_out"], 12);
+        assert_eq!(value["vcpu"]["exit_mmio_read"], 2);
+        assert_eq!(value["vcpu"]["exit_io_in"], 0);
+        assert_eq!(value["i8042"]["reset_count"], 1);
+        assert_eq!(value["petrel"]["exits"][0]["total_us"], 24);
+        assert_eq!(value["petrel"]["devices"][0]["device"], "COM1");
+        assert!(value["petrel"]["stop_reason"]
+            .as_str()
+            .unwrap()
+            .contains("i8042"));
+    }
+
+    #[test]
+    fn the_file_is_replaced_whole() {
+        let dir = std::env::temp_dir().join(format!("petrel-metrics-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("metrics.json");
+        write_metrics(&path, &json!({"a": 1})).unwrap();
+        write_metrics(&path, &json!({"a": 2})).unwrap();
+        let read: Value = serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(read["a"], 2);
+        assert!(!dir.join("metrics.json.tmp").exists());
+        assert!(write_metrics(&dir.join("missing/metrics.json"), &json!({})).is_err());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
