@@ -21,10 +21,17 @@ unset RUSTFLAGS CARGO_ENCODED_RUSTFLAGS CARGO_BUILD_RUSTFLAGS CARGO_BUILD_TARGET
 # (expected, see README.md); show cargo's output only when the build fails.
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
-if ! cargo build --release --offline --target x86_64-unknown-linux-gnu --target-dir "$here/target" >"$log" 2>&1; then
-    cat "$log" >&2
-    echo "build.sh: cargo build failed" >&2
-    exit 1
+build() { cargo build --release --offline --locked --target x86_64-unknown-linux-gnu --target-dir "$here/target" >"$log" 2>&1; }
+if ! build; then
+    # The guest depends on virtio-drivers (and its dependencies, pinned by Cargo.lock). Offline
+    # builds need them in cargo's cache: fetch them once (the only network use), then retry.
+    if cargo fetch --locked --target x86_64-unknown-linux-gnu >>"$log" 2>&1 && build; then
+        :
+    else
+        cat "$log" >&2
+        echo "build.sh: cargo build failed" >&2
+        exit 1
+    fi
 fi
 
 elf="$here/target/x86_64-unknown-linux-gnu/release/petrel-test-guest"

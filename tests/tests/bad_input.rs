@@ -142,6 +142,12 @@ fn too_many_cpus_names_the_limit() {
         .args(["--cpus", "100000"])
         .run();
     assert_one_line_error(&run, 1, &["--cpus 100000", "at most"]);
+    // 254 is the xAPIC limit (KVM allows more on any current host).
+    let run = Petrel::new()
+        .kernel(test_guest())
+        .args(["--cpus", "255"])
+        .run();
+    assert_one_line_error(&run, 1, &["--cpus 255", "at most 254"]);
 }
 
 #[test]

@@ -10,10 +10,16 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
+use petrel_boot::acpi::{write_acpi_tables, AcpiConfig, AcpiError, AcpiPmRegisters, LegacySerial};
 use petrel_boot::layout::BOOT_STACK_POINTER;
+use petrel_boot::zero_page::{set_acpi_rsdp, ZeroPageError};
 use petrel_boot::{load_linux_boot, BootEntry, BootError};
 use petrel_devices::bus::{Bus, BusError};
 use petrel_devices::legacy::absent::{AbsentDevice, ABSENT_PIO_RANGES};
+use petrel_devices::legacy::acpi_pm::{
+    AcpiPmDevice, ACPI_PM_PORT, ACPI_PM_PORT_LEN, ACPI_RESET_PORT, ACPI_RESET_VALUE,
+    ACPI_SLEEP_CONTROL_PORT, ACPI_SLEEP_STATUS_PORT,
+};
 use petrel_devices::legacy::boot_timer::{
     BootTime, BootTimerDevice, BOOT_TIMER_PORT, BOOT_TIMER_PORT_LEN,
 };
@@ -86,6 +92,12 @@ pub enum BuildError {
     /// An eventfd for a device could not be created.
     #[error("cannot create an eventfd for {0}")]
     EventFd(&'static str, #[source] io::Error),
+    /// The ACPI tables could not be written.
+    #[error("cannot describe the machine in ACPI tables")]
+    Acpi(#[source] AcpiError),
+    /// The RSDP address could not be written into the zero page.
+    #[error("cannot point the kernel at the ACPI tables")]
+    AcpiPointer(#[source] ZeroPageError),
     /// The kernel, initrd or command line could not be loaded.
     #[error("cannot boot {path}")]
     Boot {
@@ -114,6 +126,10 @@ pub struct LegacyDevices {
     pub serial_input_drained: EventFd,
     /// Signalled when the guest resets through the i8042.
     pub reset: EventFd,
+    /// Signalled when the guest enters S5 through the ACPI sleep control register.
+    pub acpi_power_off: EventFd,
+    /// Signalled when the guest writes the ACPI reset register.
+    pub acpi_reset: EventFd,
     /// The boot-timer reading, when the boot timer is attached.
     pub boot_time: Option<Arc<OnceLock<BootTime>>>,
 }
@@ -156,6 +172,7 @@ pub fn build_vm(config: &VmConfig) -> Result<Vmm, BuildError> {
         source,
     })?;
     log_boot_entry(&boot);
+    write_acpi_tables_for(&memory, &boot, config.vcpus)?;
     configure_vcpus(&vm, &mut vcpus, &cpu_features, &boot)?;
     log::debug!("configured the vCPUs");
     Ok(Vmm::new(
@@ -248,11 +265,37 @@ fn attach_legacy_devices(
             .map_err(|source| BuildError::Bus { what, source })?;
     }
 
+    let acpi_power_off =
+        EventFd::new(EFD_NONBLOCK).map_err(|e| BuildError::EventFd("ACPI power-off", e))?;
+    let acpi_reset =
+        EventFd::new(EFD_NONBLOCK).map_err(|e| BuildError::EventFd("ACPI reset", e))?;
+    let pm = AcpiPmDevice::new(
+        acpi_power_off
+            .try_clone()
+            .map_err(|e| BuildError::EventFd("ACPI power-off", e))?,
+        acpi_reset
+            .try_clone()
+            .map_err(|e| BuildError::EventFd("ACPI reset", e))?,
+    );
+    pio_bus
+        .insert_named(
+            Arc::new(Mutex::new(pm)),
+            u64::from(ACPI_PM_PORT),
+            u64::from(ACPI_PM_PORT_LEN),
+            "ACPI PM",
+        )
+        .map_err(|source| BuildError::Bus {
+            what: "the ACPI PM registers",
+            source,
+        })?;
+
     Ok(LegacyDevices {
         pio_bus,
         serial,
         serial_input_drained,
         reset,
+        acpi_power_off,
+        acpi_reset,
         boot_time: None,
     })
 }
@@ -289,6 +332,34 @@ fn log_boot_entry(boot: &BootEntry) {
     if let Some(initrd) = &boot.initrd {
         log::info!("initrd at {:#x}, {} bytes", initrd.addr, initrd.size);
     }
+}
+
+/// Writes the ACPI tables (RSDP, XSDT, FADT, MADT, DSDT) describing `vcpus` CPUs and the
+/// legacy devices, and points the zero page at them.
+fn write_acpi_tables_for(
+    memory: &GuestMemoryMmap,
+    boot: &BootEntry,
+    vcpus: u32,
+) -> Result<(), BuildError> {
+    let config = AcpiConfig {
+        vcpus,
+        pm: AcpiPmRegisters {
+            sleep_control: ACPI_SLEEP_CONTROL_PORT,
+            sleep_status: ACPI_SLEEP_STATUS_PORT,
+            reset: ACPI_RESET_PORT,
+            reset_value: ACPI_RESET_VALUE,
+        },
+        i8042: true,
+        serial_ports: vec![LegacySerial {
+            port: COM1_PORT,
+            irq: COM1_IRQ,
+        }],
+        virtio_mmio: Vec::new(),
+    };
+    let rsdp = write_acpi_tables(memory, &config).map_err(BuildError::Acpi)?;
+    set_acpi_rsdp(memory, boot.boot_params, rsdp).map_err(BuildError::AcpiPointer)?;
+    log::debug!("ACPI tables for {vcpus} vCPUs, RSDP at {rsdp:#x}");
+    Ok(())
 }
 
 /// Gives every vCPU its CPUID, MSRs and LAPIC setup; vCPU 0 also gets the kernel entry state.

@@ -16,8 +16,9 @@ use vmm_sys_util::ioctl::ioctl_with_ref;
 /// The KVM API version petrel was written against (the only one Linux has ever had).
 const KVM_API_VERSION: i32 = 12;
 
-/// The most vCPUs the xAPIC id space allows (ids 0..=254; 255 is the broadcast id).
-pub const MAX_XAPIC_VCPUS: usize = 255;
+/// The most vCPUs petrel gives a guest: xAPIC ids are 8 bits and 0xff is the broadcast id,
+/// and petrel's CPUID topology does not describe x2APIC-only ids yet.
+pub const MAX_XAPIC_VCPUS: usize = petrel_vcpu::cpuid::MAX_VCPUS as usize;
 
 /// Errors from creating or setting up the KVM VM.
 #[derive(Debug, thiserror::Error)]

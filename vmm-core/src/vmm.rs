@@ -137,10 +137,20 @@ impl Vmm {
             mmio: Arc::new(Bus::new()),
             boot_time: self.devices.boot_time.clone(),
         };
-        let guest_lines = vec![(
-            clone_event(&self.devices.reset)?,
-            StopReason::GuestReset(ResetSource::I8042),
-        )];
+        let guest_lines = vec![
+            (
+                clone_event(&self.devices.reset)?,
+                StopReason::GuestReset(ResetSource::I8042),
+            ),
+            (
+                clone_event(&self.devices.acpi_reset)?,
+                StopReason::GuestReset(ResetSource::AcpiResetRegister),
+            ),
+            (
+                clone_event(&self.devices.acpi_power_off)?,
+                StopReason::GuestPowerOff,
+            ),
+        ];
         event_manager.add_subscriber(Arc::new(Mutex::new(StopEvents::new(
             latch.clone(),
             guest_lines,

@@ -17,21 +17,31 @@
 //! the one with ID 255.
 //!
 //! **PCAT_COMPAT = 1.** The flag says the machine also has a PC-AT dual 8259, which is true:
-//! KVM's in-kernel irqchip includes one (its vectors start at 0 until someone programs
-//! it). An OS that honours the flag remaps and masks the 8259 before using the I/O APIC;
-//! an OS told "no 8259" may leave it live, and an interrupt it then delivers through LINT0
-//! arrives as a CPU exception vector. Linux under hardware-reduced ACPI ignores the flag and
-//! the 8259 altogether (`acpi_generic_reduced_hw_init` installs `null_legacy_pic`): it never
-//! programs it, and its interrupts cannot reach a CPU because LINT0 stays masked (petrel-vcpu
-//! sets LINT0's delivery mode to ExtINT but keeps the reset mask bit, and Linux keeps it
-//! masked as it found it).
+//! KVM's in-kernel irqchip includes one, and KVM's default routing feeds GSIs 0-15 to it as
+//! well as to the I/O APIC. Its vectors start at 0 until someone programs it. An OS that
+//! honours the flag remaps and masks the 8259 before it uses the I/O APIC; an OS told "no
+//! 8259" may leave it live, and an interrupt it then passes to LINT0 arrives as a CPU
+//! exception vector. Linux under hardware-reduced ACPI ignores the flag and the 8259
+//! altogether (`acpi_generic_reduced_hw_init` installs `null_legacy_pic`, which never
+//! programs it), and keeps LINT0 masked because it finds it masked at boot (a Debian 6.1
+//! kernel on petrel prints `masked ExtINT on CPU#0`). vCPU 0's LINT0 must stay masked at
+//! boot for that to hold.
+//!
+//! **IRQ 0 and the SCI.** The FADT's SCI_INT is 0 (ignored when hardware-reduced). Linux
+//! treats an override whose source equals SCI_INT as the SCI's, so it applies SCI defaults
+//! (level, active low; it then forces IRQ 0 back to edge) to the IRQ 0 override: with
+//! `apic=verbose` it prints `Int: type 0, pol 3, trig 1, bus 00, IRQ 00, APIC ID 0, APIC INT
+//! 02`. Nothing uses IRQ 0 under hardware-reduced ACPI (Linux skips the PIT/HPET timer
+//! setup), so this is harmless; QEMU's `microvm` behaves the same way.
 
 use acpi_tables::madt::{EnabledStatus, IoApic, ProcessorLocalApic};
 use acpi_tables::sdt::Sdt;
 use acpi_tables::{Aml, AmlSink};
 use petrel_memory::layout::{IOAPIC_START, LAPIC_START};
 
-use super::{AcpiError, IOAPIC_ID, OEM_ID, OEM_REVISION, OEM_TABLE_ID};
+use super::{
+    AcpiError, ACPI_TABLES_END, ACPI_TABLES_START, IOAPIC_ID, OEM_ID, OEM_REVISION, OEM_TABLE_ID,
+};
 
 /// MADT revision (ACPI 6.3 and later).
 pub const MADT_REVISION: u8 = 5;
@@ -166,11 +176,18 @@ pub fn madt_len(vcpus: u32) -> u64 {
     len
 }
 
-/// The MADT bytes for `vcpus` vCPUs with APIC IDs `0..vcpus`. Check [`madt_len`] first:
-/// this allocates the whole table.
+/// The MADT bytes for `vcpus` vCPUs with APIC IDs `0..vcpus`.
+///
+/// Fails for 0 vCPUs, and for a count whose MADT alone would not fit in the BIOS area (so an
+/// absurd count is refused before anything is allocated).
 pub fn build_madt(vcpus: u32) -> Result<Vec<u8>, AcpiError> {
     if vcpus == 0 {
         return Err(AcpiError::NoVcpus);
+    }
+    let available = ACPI_TABLES_END - ACPI_TABLES_START;
+    let needed = madt_len(vcpus);
+    if needed > available {
+        return Err(AcpiError::DoesNotFit { needed, available });
     }
     // The addresses are fixed 32-bit constants of the x86 platform.
     let lapic_address = u32::try_from(LAPIC_START).unwrap_or(u32::MAX);
@@ -369,6 +386,13 @@ mod tests {
     #[test]
     fn zero_vcpus_is_an_error_and_lengths_do_not_overflow() {
         assert!(matches!(build_madt(0), Err(AcpiError::NoVcpus)));
+        assert!(matches!(
+            build_madt(u32::MAX),
+            Err(AcpiError::DoesNotFit {
+                available: 0x20000,
+                ..
+            })
+        ));
         assert_eq!(
             madt_len(u32::MAX),
             44 + 255 * 8 + (u64::from(u32::MAX) - 255) * 16 + 12 + 10 + 6 + 12

@@ -237,12 +237,9 @@ impl Placement {
 /// Nothing is written unless the whole set fits below [`ACPI_TABLES_END`] and every part of
 /// `config` is valid.
 pub fn write_acpi_tables(mem: &GuestMemoryMmap, config: &AcpiConfig) -> Result<u64, AcpiError> {
-    // The MADT grows with `vcpus` (a u32): refuse an impossible count before allocating.
-    let madt_len = madt::madt_len(config.vcpus);
-    Placement::check_fits(ACPI_TABLES_START.saturating_add(madt_len))?;
-
-    let dsdt = dsdt::build_dsdt(config)?;
+    // build_madt refuses a vCPU count whose MADT alone cannot fit, before allocating it.
     let madt = madt::build_madt(config.vcpus)?;
+    let dsdt = dsdt::build_dsdt(config)?;
 
     let mut placement = Placement::new();
     let rsdp_addr = placement.place(rsdp::RSDP_LEN);

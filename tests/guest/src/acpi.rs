@@ -207,7 +207,7 @@ fn print_table(t: &Table) {
 
 /// Reads the header of the table at `addr` (`what` names it in errors) and checks its
 /// checksum. Prints the table line when `verbose` or when the checksum is bad.
-fn table_at(mem: &Mem, addr: u64, what: &[u8], verbose: bool) -> Option<Table> {
+pub fn table_at(mem: &Mem, addr: u64, what: &[u8], verbose: bool) -> Option<Table> {
     if !mem.ok(addr, HEADER_LEN) {
         put(b"ACPI error ");
         put(what);

@@ -9,6 +9,12 @@ pub struct Args<'a> {
     pub scenario: Option<&'a [u8]>,
     /// `petrel.count=N` (raw text; scenarios parse it).
     pub count: Option<&'a [u8]>,
+    /// `petrel.sector=N` (raw text; `blk-write`).
+    pub sector: Option<&'a [u8]>,
+    /// `petrel.pattern=N` (raw text; `blk-write`, `blk-bench`).
+    pub pattern: Option<&'a [u8]>,
+    /// `petrel.mib=N` (raw text; `blk-bench`).
+    pub mib: Option<&'a [u8]>,
 }
 
 impl<'a> Args<'a> {
@@ -17,12 +23,21 @@ impl<'a> Args<'a> {
         let mut args = Args {
             scenario: None,
             count: None,
+            sector: None,
+            pattern: None,
+            mib: None,
         };
         for tok in text.split(|&b| b == b' ' || b == b'\t' || b == b'\n') {
             if let Some(v) = tok.strip_prefix(b"petrel.scenario=") {
                 args.scenario = Some(v);
             } else if let Some(v) = tok.strip_prefix(b"petrel.count=") {
                 args.count = Some(v);
+            } else if let Some(v) = tok.strip_prefix(b"petrel.sector=") {
+                args.sector = Some(v);
+            } else if let Some(v) = tok.strip_prefix(b"petrel.pattern=") {
+                args.pattern = Some(v);
+            } else if let Some(v) = tok.strip_prefix(b"petrel.mib=") {
+                args.mib = Some(v);
             }
         }
         args

@@ -151,16 +151,17 @@ pub fn cpuid(leaf: u32, subleaf: u32) -> [u32; 4] {
     [eax, ebx, ecx, edx]
 }
 
-/// TSC frequency in kHz: the hypervisor's timing leaf 0x40000010 (KVM/VMware), else CPUID 0x15
-/// (crystal ratio), else 0x16 (base MHz), else a guess of 3 GHz. Only used for timeouts.
-pub fn tsc_khz() -> u64 {
+/// TSC frequency in kHz and where it came from: the hypervisor's timing leaf 0x40000010
+/// (KVM/VMware; `0x40000010`), else CPUID 0x15 (crystal ratio; `0x15`), else 0x16 (base MHz;
+/// `0x16`). None if no leaf gives it.
+pub fn tsc_khz_known() -> Option<(u64, &'static [u8])> {
     let hypervisor = cpuid(1, 0)[2] & (1 << 31) != 0;
     if hypervisor {
         let max_hv = cpuid(0x4000_0000, 0)[0];
         if (0x4000_0010..0x4000_0100).contains(&max_hv) {
             let khz = cpuid(0x4000_0010, 0)[0];
             if khz != 0 {
-                return u64::from(khz);
+                return Some((u64::from(khz), b"0x40000010"));
             }
         }
     }
@@ -168,16 +169,52 @@ pub fn tsc_khz() -> u64 {
     if max >= 0x15 {
         let [den, num, crystal_hz, _] = cpuid(0x15, 0);
         if den != 0 && num != 0 && crystal_hz != 0 {
-            return u64::from(crystal_hz) * u64::from(num) / u64::from(den) / 1000;
+            return Some((
+                u64::from(crystal_hz) * u64::from(num) / u64::from(den) / 1000,
+                b"0x15",
+            ));
         }
     }
     if max >= 0x16 {
         let mhz = cpuid(0x16, 0)[0] & 0xffff;
         if mhz != 0 {
-            return u64::from(mhz) * 1000;
+            return Some((u64::from(mhz) * 1000, b"0x16"));
         }
     }
-    3_000_000
+    None
+}
+
+/// Measures the TSC frequency in kHz against PIT channel 2 (like Linux's pit_calibrate_tsc):
+/// mode 0 with a 10 ms count, gate on through port 0x61, then polls OUT2 (port 0x61 bit 5).
+/// None if there is no working PIT (OUT2 already high at the start, or no terminal count
+/// within 2e9 TSC cycles).
+pub fn tsc_khz_pit() -> Option<u64> {
+    const PIT_HZ: u64 = 1_193_182;
+    const LATCH: u64 = PIT_HZ / 100; // 10 ms
+                                     // Gate high (bit 0), speaker off (bit 1).
+    outb(0x61, (inb(0x61) & !0x02) | 0x01);
+    outb(0x43, 0xb0); // channel 2, lobyte/hibyte, mode 0, binary
+    outb(0x42, (LATCH & 0xff) as u8);
+    outb(0x42, (LATCH >> 8) as u8);
+    let start = rdtsc();
+    if inb(0x61) & 0x20 != 0 {
+        return None;
+    }
+    loop {
+        let now = rdtsc();
+        let cycles = now.wrapping_sub(start);
+        if inb(0x61) & 0x20 != 0 {
+            return Some(cycles * PIT_HZ / (LATCH * 1000));
+        }
+        if cycles > 2_000_000_000 {
+            return None;
+        }
+    }
+}
+
+/// TSC frequency in kHz (see `tsc_khz_known`), else a guess of 3 GHz. Only used for timeouts.
+pub fn tsc_khz() -> u64 {
+    tsc_khz_known().map_or(3_000_000, |(khz, _)| khz)
 }
 
 /// Spins (with `pause`) until `done()` or until about `ms` milliseconds of TSC time passed;

@@ -10,15 +10,21 @@
 #![no_std]
 #![no_main]
 
+extern crate alloc;
+
 mod acpi;
+mod blk;
 mod bootparams;
 mod cmdline;
+mod heap;
 mod io;
 mod mem;
 mod out;
 mod power;
 mod scenarios;
 mod smp;
+mod virtio;
+mod vparse;
 
 use core::arch::global_asm;
 

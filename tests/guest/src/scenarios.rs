@@ -31,6 +31,12 @@ pub fn run(name: &[u8], boot_params: u64, cmdline: &[u8], args: &Args) {
         b"smp" => crate::smp::run(boot_params),
         b"poweroff" => crate::power::poweroff(boot_params),
         b"acpi-reset" => crate::power::acpi_reset(boot_params),
+        b"virtio" => crate::virtio::report(boot_params, cmdline),
+        b"tsc" => tsc_report(),
+        b"blk-read" => crate::blk::read(boot_params, cmdline),
+        b"blk-write" => crate::blk::write(boot_params, cmdline, args),
+        b"blk-ids" => crate::blk::ids(boot_params, cmdline),
+        b"blk-bench" => crate::blk::bench(boot_params, cmdline, args),
         _ => {
             put(b"ERROR unknown scenario=");
             put_escaped(name);
@@ -280,4 +286,25 @@ fn cpuid_report() {
         kv(b"edx", u64::from(edx));
         nl();
     }
+}
+
+/// `TSC cpuid khz=<dec>|- from=<leaf>|-` and `TSC pit khz=<dec>|-`: the TSC frequency from
+/// CPUID (0x40000010, 0x15, 0x16) and as measured against PIT channel 2.
+fn tsc_report() {
+    put(b"TSC cpuid khz=");
+    match crate::io::tsc_khz_known() {
+        Some((khz, from)) => {
+            put_dec(khz);
+            put(b" from=");
+            put(from);
+        }
+        None => put(b"- from=-"),
+    }
+    nl();
+    put(b"TSC pit khz=");
+    match crate::io::tsc_khz_pit() {
+        Some(khz) => put_dec(khz),
+        None => put(b"-"),
+    }
+    nl();
 }
