@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use petrel_core::config::{DEFAULT_CMDLINE, DEFAULT_VCPUS};
+use petrel_core::disk_config::DiskConfig;
 use petrel_core::{ConsoleConfig, MemorySize, VmConfig};
 
 /// petrel: a small virtual machine monitor for Linux/KVM.
@@ -62,6 +63,16 @@ pub struct RunArgs {
     #[arg(long, value_name = "WHERE", default_value = "stdio")]
     pub console: ConsoleConfig,
 
+    /// A virtio-blk disk backed by a raw image: path=FILE[,readonly=on][,id=NAME]. Repeat for
+    /// more disks (the guest sees them in this order: vda, vdb, …).
+    #[arg(long, value_name = "path=FILE[,readonly=on][,id=NAME]")]
+    pub disk: Vec<DiskConfig>,
+
+    /// Also list virtio devices on the kernel command line as virtio_mmio.device=, for
+    /// kernels built with VIRTIO_MMIO_CMDLINE_DEVICES (the ACPI DSDT always lists them).
+    #[arg(long)]
+    pub virtio_cmdline: bool,
+
     /// Report when the guest writes 123 to port 0x440: time since process start and since
     /// the first KVM_RUN.
     #[arg(long)]
@@ -87,6 +98,8 @@ impl RunArgs {
             memory: self.memory,
             cpu_features: self.cpu_features.clone(),
             console: self.console.clone(),
+            disks: self.disk.clone(),
+            virtio_cmdline: self.virtio_cmdline,
             boot_timer: self.boot_timer,
             exit_stats: self.exit_stats,
             metrics: self.metrics.clone(),

@@ -15,7 +15,12 @@
 //!   and input back-pressure, an i8042 controller that passes Linux's probe and resets the
 //!   machine, and an "absent" device for ports Linux probes that nothing emulates.
 //!
-//! Virtio devices and their MMIO transport will live here too, as `virtio` modules.
+//! - [`virtio`]: virtio 1.x devices behind a virtio-mmio (version 2) transport:
+//!   [`virtio::VirtioDevice`], [`virtio::mmio::MmioTransport`] (a [`BusDevice`] for the MMIO
+//!   bus), and [`virtio::block::Block`], a virtio-blk disk on a raw image whose I/O runs on
+//!   the VMM's event loop (`event-manager`), never on a vCPU thread. The module shows the
+//!   wiring; the rust-vmm `virtio-device` crate is not published on crates.io, so the device
+//!   trait is petrel's own.
 //!
 //! ```
 //! use std::sync::{Arc, Mutex};
@@ -61,6 +66,7 @@
 pub mod bus;
 pub mod interrupt;
 pub mod legacy;
+pub mod virtio;
 
 mod report;
 #[cfg(test)]

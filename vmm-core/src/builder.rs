@@ -37,6 +37,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::config::{ConfigError, VmConfig};
 use crate::console::ConsoleError;
+use crate::device_manager::{DeviceManagerError, VirtioDevices};
 use crate::irq::{IrqError, IrqfdLine};
 use crate::kvm_vm::{KvmVm, KvmVmError};
 use crate::process_start;
@@ -92,6 +93,9 @@ pub enum BuildError {
     /// An eventfd for a device could not be created.
     #[error("cannot create an eventfd for {0}")]
     EventFd(&'static str, #[source] io::Error),
+    /// A virtio device could not be registered.
+    #[error(transparent)]
+    Virtio(#[from] DeviceManagerError),
     /// The ACPI tables could not be written.
     #[error("cannot describe the machine in ACPI tables")]
     Acpi(#[source] AcpiError),
@@ -160,19 +164,17 @@ pub fn build_vm(config: &VmConfig) -> Result<Vmm, BuildError> {
         devices.boot_time = Some(attach_boot_timer(&mut devices.pio_bus, &exit_stats)?);
     }
     log::debug!("attached the legacy devices");
-    let boot = load_linux_boot(
-        &memory,
-        &layout,
-        &mut kernel,
-        initrd.as_mut(),
-        &config.cmdline,
-    )
-    .map_err(|source| BuildError::Boot {
-        path: config.kernel.clone(),
-        source,
-    })?;
+    let mut virtio = VirtioDevices::new()?;
+    virtio.attach_disks(&vm, &memory, &config.disks)?;
+    let cmdline = kernel_cmdline(config, &virtio);
+    let boot = load_linux_boot(&memory, &layout, &mut kernel, initrd.as_mut(), &cmdline).map_err(
+        |source| BuildError::Boot {
+            path: config.kernel.clone(),
+            source,
+        },
+    )?;
     log_boot_entry(&boot);
-    write_acpi_tables_for(&memory, &boot, config.vcpus)?;
+    write_acpi_tables_for(&memory, &boot, config.vcpus, &virtio)?;
     configure_vcpus(&vm, &mut vcpus, &cpu_features, &boot)?;
     log::debug!("configured the vCPUs");
     Ok(Vmm::new(
@@ -180,9 +182,23 @@ pub fn build_vm(config: &VmConfig) -> Result<Vmm, BuildError> {
         memory,
         vcpus,
         devices,
+        virtio,
         exit_stats,
         RunOptions::from_config(config),
     ))
+}
+
+/// The command line the kernel gets: the user's, plus `virtio_mmio.device=` entries when
+/// asked for.
+fn kernel_cmdline(config: &VmConfig, virtio: &VirtioDevices) -> String {
+    let mut cmdline = config.cmdline.clone();
+    if config.virtio_cmdline {
+        for entry in &virtio.cmdline_entries {
+            cmdline.push(' ');
+            cmdline.push_str(entry);
+        }
+    }
+    cmdline
 }
 
 fn open_file(what: &'static str, path: &Path) -> Result<File, BuildError> {
@@ -340,6 +356,7 @@ fn write_acpi_tables_for(
     memory: &GuestMemoryMmap,
     boot: &BootEntry,
     vcpus: u32,
+    virtio: &VirtioDevices,
 ) -> Result<(), BuildError> {
     let config = AcpiConfig {
         vcpus,
@@ -354,7 +371,7 @@ fn write_acpi_tables_for(
             port: COM1_PORT,
             irq: COM1_IRQ,
         }],
-        virtio_mmio: Vec::new(),
+        virtio_mmio: virtio.acpi.clone(),
     };
     let rsdp = write_acpi_tables(memory, &config).map_err(BuildError::Acpi)?;
     set_acpi_rsdp(memory, boot.boot_params, rsdp).map_err(BuildError::AcpiPointer)?;

@@ -12,6 +12,7 @@ use petrel_vcpu::cpu_features::{parse_cpu_features, CpuFeatureError};
 use serde::{Deserialize, Serialize};
 
 use crate::console::ConsoleConfig;
+use crate::disk_config::{validate_disks, DiskConfig, DiskConfigError};
 use crate::memory_size::MemorySize;
 
 /// The kernel command line used when none is given.
@@ -49,6 +50,9 @@ pub enum ConfigError {
     /// The memory size overflows when converted to bytes.
     #[error("--memory {0} is too large")]
     MemoryOverflow(MemorySize),
+    /// A disk is not usable.
+    #[error(transparent)]
+    Disk(#[from] DiskConfigError),
     /// The CPU feature list is not valid.
     #[error("--cpu-features: {0}")]
     CpuFeatures(#[from] CpuFeatureError),
@@ -78,6 +82,13 @@ pub struct VmConfig {
     /// Where the serial console goes.
     #[serde(default)]
     pub console: ConsoleConfig,
+    /// virtio-blk disks, in the order the guest sees them.
+    #[serde(default)]
+    pub disks: Vec<DiskConfig>,
+    /// Also describe virtio-mmio devices on the kernel command line (`virtio_mmio.device=`),
+    /// for kernels built with VIRTIO_MMIO_CMDLINE_DEVICES; the DSDT always describes them.
+    #[serde(default)]
+    pub virtio_cmdline: bool,
     /// Attach the boot-timer device (port 0x440) and report when the guest writes to it.
     #[serde(default)]
     pub boot_timer: bool,
@@ -112,6 +123,8 @@ impl VmConfig {
             memory: DEFAULT_MEMORY,
             cpu_features: String::new(),
             console: ConsoleConfig::default(),
+            disks: Vec::new(),
+            virtio_cmdline: false,
             boot_timer: false,
             exit_stats: false,
             metrics: None,
@@ -132,6 +145,7 @@ impl VmConfig {
         }
         self.memory_layout()?;
         parse_cpu_features(&self.cpu_features)?;
+        validate_disks(&self.disks)?;
         if let Some(path) = &self.metrics {
             check_writable_location("metrics file", path)?;
         }

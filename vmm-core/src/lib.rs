@@ -28,6 +28,8 @@
 pub mod builder;
 pub mod config;
 pub mod console;
+pub mod device_manager;
+pub mod disk_config;
 pub mod event_loop;
 pub mod exit_handler;
 pub mod irq;

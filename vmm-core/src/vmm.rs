@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
-use petrel_devices::bus::Bus;
 use petrel_memory::GuestMemoryMmap;
 use petrel_vcpu::exit_stats::ExitStats;
 use petrel_vcpu::thread::{spawn_vcpu, VcpuHandle};
@@ -14,6 +13,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::builder::LegacyDevices;
 use crate::config::VmConfig;
+use crate::device_manager::VirtioDevices;
 use crate::event_loop::{ConsoleInput, MetricsRequests, StopEvents};
 use crate::exit_handler::BusExitHandler;
 use crate::kvm_vm::KvmVm;
@@ -88,6 +88,7 @@ pub struct RunReport {
 pub struct Vmm {
     vcpus: Vec<Vcpu>,
     devices: LegacyDevices,
+    virtio: VirtioDevices,
     exit_stats: Arc<ExitStats>,
     options: RunOptions,
     vm: KvmVm,
@@ -100,12 +101,14 @@ impl Vmm {
         memory: GuestMemoryMmap,
         vcpus: Vec<Vcpu>,
         devices: LegacyDevices,
+        virtio: VirtioDevices,
         exit_stats: Arc<ExitStats>,
         options: RunOptions,
     ) -> Self {
         Self {
             vcpus,
             devices,
+            virtio,
             exit_stats,
             options,
             vm,
@@ -134,7 +137,7 @@ impl Vmm {
         let stats = VmStats {
             exits: self.exit_stats.clone(),
             pio: Arc::new(std::mem::take(&mut self.devices.pio_bus)),
-            mmio: Arc::new(Bus::new()),
+            mmio: Arc::new(std::mem::take(&mut self.virtio.mmio_bus)),
             boot_time: self.devices.boot_time.clone(),
         };
         let guest_lines = vec![
@@ -162,6 +165,9 @@ impl Vmm {
                 libc::STDIN_FILENO,
                 clone_event(&self.devices.serial_input_drained)?,
             ))));
+        }
+        for subscriber in self.virtio.subscribers.drain(..) {
+            event_manager.add_subscriber(subscriber);
         }
         if let Some(path) = &self.options.metrics {
             let requests = install_metrics_signal_handler()?;

@@ -1,0 +1,923 @@
+//! The event-loop side of virtio-blk: watching the queue and running its requests.
+//!
+//! [`Block`] is an `event-manager` `MutEventSubscriber`. It always watches its own
+//! state-change eventfd, which it writes when the driver activates or resets it; on that
+//! event it starts (or stops) watching the queue's notification eventfd, which the transport
+//! created and the VMM registered as an ioeventfd. On a notification it drains the available
+//! ring: each chain is answered (`request::answer`), put in the used ring, and one queue
+//! interrupt is raised for the batch. Event-index suppression is not offered; while draining,
+//! the device sets `VRING_USED_F_NO_NOTIFY` so the driver does not notify it needlessly, and
+//! re-checks the ring after clearing it, so no request is missed.
+//!
+//! A batch stops after one queue's worth of chains: the device then signals its own
+//! notification eventfd and returns, so other event-loop work runs before it continues.
+//!
+//! Errors in the queue itself (an available index that runs more than a queue's worth ahead,
+//! a head outside the table, a used ring that cannot be written) cannot be answered per
+//! request: the device reports DEVICE_NEEDS_RESET through the transport and leaves the queue
+//! alone until the driver resets it.
+
+use std::os::fd::AsRawFd;
+
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use thiserror::Error;
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vm_memory::GuestAddress;
+
+use super::device::{Active, Block};
+use super::disk::Disk;
+use super::request::{answer, Answer};
+use super::ID_BYTES;
+use crate::virtio::chain::{read_chain, ChainError};
+use crate::virtio::VirtioInterruptKind;
+use petrel_memory::GuestMemoryMmap;
+
+/// A problem with the queue itself; the device needs a reset.
+#[derive(Debug, Error)]
+enum QueueFault {
+    /// The available ring's index is not believable.
+    #[error("cannot read the available ring")]
+    AvailRing(#[source] virtio_queue::Error),
+    /// The available ring names a chain head outside the queue.
+    #[error("the available ring names a bad chain")]
+    Head(#[source] ChainError),
+    /// The used ring or its flags could not be written.
+    #[error("cannot update the used ring")]
+    UsedRing(#[source] virtio_queue::Error),
+}
+
+/// An error and its sources, on one line.
+fn describe(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+impl Block {
+    /// Runs the requests the driver has made available, completes them, and raises the
+    /// queue interrupt. Does nothing while the device is inactive, or its queue is broken or
+    /// disabled by the driver.
+    pub(crate) fn process_queue(&mut self) {
+        let Some(active) = self.active.as_mut() else {
+            return;
+        };
+        if active.broken || !active.queue.ready() {
+            return;
+        }
+        let mut answered = Vec::new();
+        let result = run_queue(active, &self.disk, &self.id_bytes, &mut answered);
+        for answer in &answered {
+            if let Some(error) = &answer.error {
+                if error.is_guest_error() {
+                    self.bad_requests += 1;
+                    let status = answer.status.map_or("none".into(), |s| s.to_string());
+                    if self.bad_requests == 1 {
+                        log::warn!(
+                            "virtio-blk {}: bad request from the guest: {} (status {status}); further bad requests are logged at debug level",
+                            self.disk.path().display(),
+                            describe(error)
+                        );
+                    } else {
+                        log::debug!(
+                            "virtio-blk {}: bad request: {} (status {status})",
+                            self.disk.path().display(),
+                            describe(error)
+                        );
+                    }
+                } else {
+                    self.io_errors.failed(&describe(error));
+                }
+            } else {
+                self.io_errors.succeeded();
+            }
+        }
+        if !answered.is_empty() {
+            // Without event-index suppression this always says yes.
+            if active.queue.needs_notification(&active.mem).unwrap_or(true) {
+                match active.interrupt.trigger(VirtioInterruptKind::Queue) {
+                    Ok(()) => self.interrupt_errors.succeeded(),
+                    Err(e) => self.interrupt_errors.failed(&e),
+                }
+            }
+        }
+        if let Err(fault) = result {
+            log::warn!(
+                "virtio-blk {}: {}; the device needs a reset",
+                self.disk.path().display(),
+                describe(&fault)
+            );
+            active.broken = true;
+            if let Err(e) = active.interrupt.set_needs_reset() {
+                self.interrupt_errors.failed(&e);
+            }
+        }
+    }
+
+    /// Watches the current queue eventfd, and only it.
+    fn sync_watch(&mut self, ops: &mut EventOps) {
+        let current = self.active.as_ref().map(|_| self.activations);
+        if self.watched.as_ref().map(|(activation, _)| *activation) == current {
+            return;
+        }
+        if let Some((_, old)) = self.watched.take() {
+            if let Err(e) = ops.remove(Events::new(&old, EventSet::IN)) {
+                log::debug!("virtio-blk: cannot stop watching the old queue eventfd: {e:?}");
+            }
+        }
+        let Some(active) = self.active.as_mut() else {
+            return;
+        };
+        let watched = active
+            .notify
+            .try_clone()
+            .map_err(|e| format!("{e}"))
+            .and_then(|event| {
+                ops.add(Events::new(&event, EventSet::IN))
+                    .map(|()| event)
+                    .map_err(|e| format!("{e:?}"))
+            });
+        match watched {
+            Ok(event) => self.watched = Some((self.activations, event)),
+            Err(e) => {
+                log::error!(
+                    "virtio-blk {}: cannot watch the queue ({e}); the device needs a reset",
+                    self.disk.path().display()
+                );
+                active.broken = true;
+                if let Err(e) = active.interrupt.set_needs_reset() {
+                    self.interrupt_errors.failed(&e);
+                }
+            }
+        }
+    }
+}
+
+/// The head of the next available chain, if any.
+fn next_head(queue: &mut Queue, mem: &GuestMemoryMmap) -> Result<Option<u16>, QueueFault> {
+    let mut available = queue.iter(mem).map_err(QueueFault::AvailRing)?;
+    Ok(available.next().map(|chain| chain.head_index()))
+}
+
+/// Answers available chains until the ring is empty or one queue's worth is done.
+fn run_queue(
+    active: &mut Active,
+    disk: &Disk,
+    id: &[u8; ID_BYTES],
+    answered: &mut Vec<Answer>,
+) -> Result<(), QueueFault> {
+    let Active {
+        mem, queue, notify, ..
+    } = active;
+    let budget = usize::from(queue.size());
+    loop {
+        queue
+            .disable_notification(mem)
+            .map_err(QueueFault::UsedRing)?;
+        while let Some(head) = next_head(queue, mem)? {
+            let chain = read_chain(mem, GuestAddress(queue.desc_table()), queue.size(), head);
+            if let Some(error @ ChainError::HeadOutOfRange { .. }) = chain.error {
+                return Err(QueueFault::Head(error));
+            }
+            let answer = answer(mem, &chain, disk, id);
+            queue
+                .add_used(mem, head, answer.used_len)
+                .map_err(QueueFault::UsedRing)?;
+            answered.push(answer);
+            if answered.len() >= budget {
+                queue
+                    .enable_notification(mem)
+                    .map_err(QueueFault::UsedRing)?;
+                // Come back after the rest of the event loop had a turn. A failed write
+                // means the counter is saturated, i.e. already signalled.
+                let _ = notify.write(1);
+                return Ok(());
+            }
+        }
+        if !queue
+            .enable_notification(mem)
+            .map_err(QueueFault::UsedRing)?
+        {
+            return Ok(());
+        }
+    }
+}
+
+impl MutEventSubscriber for Block {
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.state_changed, EventSet::IN)) {
+            log::error!(
+                "virtio-blk {}: cannot watch the device's eventfd, the disk will not work: {e:?}",
+                self.disk.path().display()
+            );
+            return;
+        }
+        self.sync_watch(ops);
+        self.process_queue();
+    }
+
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        let fd = events.fd();
+        if fd == self.state_changed.as_raw_fd() {
+            // EAGAIN only means the counter was already read.
+            let _ = self.state_changed.read();
+            self.sync_watch(ops);
+        } else if let Some((_, event)) = self.watched.as_ref().filter(|(_, e)| e.as_raw_fd() == fd)
+        {
+            let _ = event.read();
+        } else {
+            log::debug!("virtio-blk: event on fd {fd} it does not watch, dropped");
+            let _ = ops.remove(events);
+            return;
+        }
+        self.process_queue();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs::File;
+    use std::os::unix::fs::FileExt;
+    use std::sync::{Arc, Mutex};
+
+    use event_manager::{EventManager, SubscriberOps};
+    use virtio_bindings::virtio_blk::{
+        VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN,
+        VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_SCSI_CMD, VIRTIO_BLK_T_WRITE_ZEROES,
+    };
+    use vm_memory::Bytes;
+    use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+    use super::*;
+    use crate::virtio::block::request::{STATUS_IOERR, STATUS_OK, STATUS_UNSUPP};
+    use crate::virtio::block::BlockConfig;
+    use crate::virtio::chain::{DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE};
+    use crate::virtio::test_utils::{
+        guest_memory, readable, writable, Buf, DriverQueue, RecordingInterrupt, TempImage,
+        HIGH_START, MEM_SIZE, USED_RING,
+    };
+    use crate::virtio::{ActiveQueue, VirtioDevice};
+
+    const HEADER: u64 = 0x10000;
+    const DATA: u64 = 0x20000;
+    const STATUS: u64 = 0x60000;
+    const SIZE: u16 = 16;
+    const DISK_SECTORS: u64 = 64;
+    /// What the harness presets the status byte to, to see whether the device wrote it.
+    const UNTOUCHED: u8 = 0xee;
+
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i % 251) as u8).collect()
+    }
+
+    /// A block device on a 32 KiB image, activated with one 16-entry queue, and the driver.
+    struct Harness {
+        image: TempImage,
+        block: Block,
+        mem: GuestMemoryMmap,
+        driver: DriverQueue,
+        irq: Arc<RecordingInterrupt>,
+        notify: EventFd,
+        completed: u16,
+    }
+
+    impl Harness {
+        fn new(read_only: bool) -> Self {
+            let image = TempImage::new("handler", &pattern(DISK_SECTORS as usize * 512));
+            let block = Block::new(BlockConfig {
+                path: image.0.clone(),
+                read_only,
+                id: Some("disk0".into()),
+            })
+            .unwrap();
+            let mem = guest_memory();
+            let mut harness = Self {
+                image,
+                block,
+                driver: DriverQueue::new(&mem, SIZE),
+                mem,
+                irq: Arc::new(RecordingInterrupt::default()),
+                notify: EventFd::new(EFD_NONBLOCK).unwrap(),
+                completed: 0,
+            };
+            harness.activate();
+            harness
+        }
+
+        /// Starts the device on freshly initialised rings, as a driver does after a reset.
+        fn activate(&mut self) {
+            self.driver = DriverQueue::new(&self.mem, SIZE);
+            self.completed = 0;
+            let queue = ActiveQueue {
+                queue: self.driver.device_queue(),
+                notify: self.notify.try_clone().unwrap(),
+            };
+            self.block
+                .activate(self.mem.clone(), self.irq.clone(), vec![queue])
+                .unwrap();
+        }
+
+        fn header(&self, request_type: u32, sector: u64) {
+            self.mem
+                .write_obj(request_type, GuestAddress(HEADER))
+                .unwrap();
+            self.mem.write_obj(0u32, GuestAddress(HEADER + 4)).unwrap();
+            self.mem
+                .write_obj(sector, GuestAddress(HEADER + 8))
+                .unwrap();
+        }
+
+        fn status(&self) -> u8 {
+            self.mem.read_obj(GuestAddress(STATUS)).unwrap()
+        }
+
+        fn guest_bytes(&self, addr: u64, len: usize) -> Vec<u8> {
+            let mut bytes = vec![0; len];
+            self.mem.read_slice(&mut bytes, GuestAddress(addr)).unwrap();
+            bytes
+        }
+
+        /// Publishes `bufs` as one chain, runs the queue, checks that exactly that chain was
+        /// completed, and returns its used length.
+        fn submit(&mut self, bufs: &[Buf]) -> u32 {
+            self.mem.write_obj(UNTOUCHED, GuestAddress(STATUS)).unwrap();
+            let head = self.driver.add_chain(bufs);
+            self.complete(head)
+        }
+
+        /// Runs the queue and checks that `head` was completed; returns its used length.
+        fn complete(&mut self, head: u16) -> u32 {
+            let (queue_irqs, _, _) = self.irq.counts();
+            self.block.process_queue();
+            assert_eq!(self.driver.used_idx(), self.completed + 1, "one completion");
+            let (id, len) = self.driver.used(self.completed);
+            assert_eq!(id, u32::from(head));
+            self.completed += 1;
+            assert_eq!(self.irq.counts().0, queue_irqs + 1, "one queue interrupt");
+            len
+        }
+
+        fn read(&mut self, sector: u64, len: u32) -> (u8, u32) {
+            self.header(VIRTIO_BLK_T_IN, sector);
+            let used = self.submit(&[
+                readable(HEADER, 16),
+                writable(DATA, len),
+                writable(STATUS, 1),
+            ]);
+            (self.status(), used)
+        }
+
+        fn write(&mut self, sector: u64, data: &[u8]) -> (u8, u32) {
+            self.mem.write_slice(data, GuestAddress(DATA)).unwrap();
+            self.header(VIRTIO_BLK_T_OUT, sector);
+            let used = self.submit(&[
+                readable(HEADER, 16),
+                readable(DATA, data.len() as u32),
+                writable(STATUS, 1),
+            ]);
+            (self.status(), used)
+        }
+
+        fn simple(&mut self, request_type: u32) -> (u8, u32) {
+            self.header(request_type, 0);
+            let used = self.submit(&[readable(HEADER, 16), writable(STATUS, 1)]);
+            (self.status(), used)
+        }
+
+        fn ranges(&mut self, request_type: u32, ranges: &[(u64, u32, u32)]) -> (u8, u32) {
+            for (i, &(sector, sectors, flags)) in ranges.iter().enumerate() {
+                let addr = DATA + 16 * i as u64;
+                self.mem.write_obj(sector, GuestAddress(addr)).unwrap();
+                self.mem.write_obj(sectors, GuestAddress(addr + 8)).unwrap();
+                self.mem.write_obj(flags, GuestAddress(addr + 12)).unwrap();
+            }
+            self.header(request_type, 0);
+            let used = self.submit(&[
+                readable(HEADER, 16),
+                readable(DATA, 16 * ranges.len() as u32),
+                writable(STATUS, 1),
+            ]);
+            (self.status(), used)
+        }
+
+        /// The next valid request still works: a two-sector read returns the image's bytes.
+        fn assert_still_works(&mut self) {
+            assert!(self.block.is_active());
+            self.mem
+                .write_slice(&[0u8; 1024], GuestAddress(DATA))
+                .unwrap();
+            assert_eq!(self.read(1, 1024), (STATUS_OK, 1025));
+            assert_eq!(
+                self.guest_bytes(DATA, 1024),
+                self.image.contents()[512..1536]
+            );
+        }
+    }
+
+    #[test]
+    fn reads_writes_flushes_and_get_id_complete_with_ok() {
+        let mut h = Harness::new(false);
+        assert_eq!(h.read(0, 4096), (STATUS_OK, 4097));
+        assert_eq!(h.guest_bytes(DATA, 4096), pattern(4096));
+
+        let data = vec![0x42; 1536];
+        assert_eq!(h.write(10, &data), (STATUS_OK, 1));
+        assert_eq!(h.image.contents()[5120..6656], data[..]);
+        assert_eq!(h.simple(VIRTIO_BLK_T_FLUSH), (STATUS_OK, 1));
+
+        h.header(VIRTIO_BLK_T_GET_ID, 0);
+        h.mem.write_slice(&[0xff; 32], GuestAddress(DATA)).unwrap();
+        let used = h.submit(&[
+            readable(HEADER, 16),
+            writable(DATA, 32),
+            writable(STATUS, 1),
+        ]);
+        assert_eq!((h.status(), used), (STATUS_OK, 21));
+        let mut id = b"disk0".to_vec();
+        id.resize(20, 0);
+        assert_eq!(h.guest_bytes(DATA, 32), [&id[..], &[0xff; 12]].concat());
+        // A shorter buffer gets a prefix.
+        let used = h.submit(&[readable(HEADER, 16), writable(DATA, 3), writable(STATUS, 1)]);
+        assert_eq!((h.status(), used), (STATUS_OK, 4));
+
+        assert_eq!(h.irq.counts(), (5, 0, 0));
+        assert_eq!(h.block.bad_requests, 0);
+    }
+
+    #[test]
+    fn a_flushed_write_is_in_the_host_file() {
+        let mut h = Harness::new(false);
+        let data: Vec<u8> = (0..2048).map(|i| (i * 7 % 256) as u8).collect();
+        assert_eq!(h.write(20, &data), (STATUS_OK, 1));
+        assert_eq!(h.simple(VIRTIO_BLK_T_FLUSH), (STATUS_OK, 1));
+        // The guest saw the flush complete: a fresh handle on the host file has the data.
+        let file = File::open(&h.image.0).unwrap();
+        let mut on_disk = vec![0; 2048];
+        file.read_exact_at(&mut on_disk, 20 * 512).unwrap();
+        assert_eq!(on_disk, data);
+        assert_eq!(file.metadata().unwrap().len(), DISK_SECTORS * 512);
+    }
+
+    #[test]
+    fn discard_and_write_zeroes_leave_zeroes_in_the_file() {
+        let mut h = Harness::new(false);
+        assert_eq!(
+            h.ranges(VIRTIO_BLK_T_WRITE_ZEROES, &[(8, 8, 0), (32, 2, 1)]),
+            (STATUS_OK, 1)
+        );
+        let contents = h.image.contents();
+        assert!(contents[4096..8192].iter().all(|&b| b == 0));
+        assert!(contents[16384..17408].iter().all(|&b| b == 0));
+        assert_eq!(contents[..4096], pattern(4096)[..]);
+        assert_eq!(
+            h.ranges(VIRTIO_BLK_T_DISCARD, &[(40, 8, 0)]),
+            (STATUS_OK, 1)
+        );
+        assert_eq!(h.image.contents().len(), DISK_SECTORS as usize * 512);
+        // Flags the spec reserves, and unmap on a discard, are unsupported.
+        assert_eq!(
+            h.ranges(VIRTIO_BLK_T_DISCARD, &[(40, 8, 1)]),
+            (STATUS_UNSUPP, 1)
+        );
+        assert_eq!(
+            h.ranges(VIRTIO_BLK_T_WRITE_ZEROES, &[(0, 1, 4)]),
+            (STATUS_UNSUPP, 1)
+        );
+        // Past the end.
+        assert_eq!(
+            h.ranges(VIRTIO_BLK_T_DISCARD, &[(60, 8, 0)]),
+            (STATUS_IOERR, 1)
+        );
+        h.assert_still_works();
+    }
+
+    #[test]
+    fn a_data_buffer_outside_guest_memory_gets_ioerr() {
+        let mut h = Harness::new(false);
+        h.header(VIRTIO_BLK_T_IN, 0);
+        // Running off the end of low RAM into the hole.
+        let used = h.submit(&[
+            readable(HEADER, 16),
+            writable(MEM_SIZE - 512, 1024),
+            writable(STATUS, 1),
+        ]);
+        assert_eq!((h.status(), used), (STATUS_IOERR, 1));
+        // Entirely in the hole between the regions, and far beyond memory.
+        for addr in [MEM_SIZE + 0x1000, HIGH_START - 512, u64::MAX - 511] {
+            let used = h.submit(&[
+                readable(HEADER, 16),
+                writable(addr, 512),
+                writable(STATUS, 1),
+            ]);
+            assert_eq!((h.status(), used), (STATUS_IOERR, 1), "{addr:#x}");
+        }
+        // The data of a write, too: nothing reaches the file.
+        h.header(VIRTIO_BLK_T_OUT, 0);
+        let used = h.submit(&[
+            readable(HEADER, 16),
+            readable(MEM_SIZE, 512),
+            writable(STATUS, 1),
+        ]);
+        assert_eq!((h.status(), used), (STATUS_IOERR, 1));
+        assert_eq!(h.image.contents(), pattern(DISK_SECTORS as usize * 512));
+        h.assert_still_works();
+    }
+
+    #[test]
+    fn a_header_outside_guest_memory_gets_ioerr() {
+        let mut h = Harness::new(false);
+        let used = h.submit(&[
+            readable(MEM_SIZE - 8, 16),
+            writable(DATA, 512),
+            writable(STATUS, 1),
+        ]);
+        assert_eq!((h.status(), used), (STATUS_IOERR, 1));
+        h.assert_still_works();
+    }
+
+    #[test]
+    fn a_status_buffer_outside_guest_memory_is_completed_without_a_status() {
+        let mut h = Harness::new(false);
+        h.header(VIRTIO_BLK_T_IN, 0);
+        let used = h.submit(&[
+            readable(HEADER, 16),
+            writable(DATA, 512),
+            writable(MEM_SIZE, 1),
+        ]);
+        assert_eq!((h.status(), used), (UNTOUCHED, 0));
+        h.assert_still_works();
+    }
+
+    #[test]
+    fn a_looping_chain_gets_ioerr_in_its_last_descriptor() {
+        let mut h = Harness::new(false);
+        h.header(VIRTIO_BLK_T_IN, 0);
+        h.mem.write_obj(UNTOUCHED, GuestAddress(STATUS)).unwrap();
+        // header -> data -> status -> header -> ...
+        h.driver.write_descriptor(0, HEADER, 16, DESC_F_NEXT, 1);
+        h.driver
+            .write_descriptor(1, DATA, 512, DESC_F_NEXT | DESC_F_WRITE, 2);
+        h.driver
+            .write_descriptor(2, STATUS, 1, DESC_F_NEXT | DESC_F_WRITE, 0);
+        h.driver.publish(0);
+        let used = h.complete(0);
+        assert_eq!((h.status(), used), (STATUS_IOERR, 1));
+        h.assert_still_works();
+    }
+
+    #[test]
+    fn a_chain_of_more_descriptors_than_the_queue_holds_gets_ioerr() {
+        let mut h = Harness::new(false);
+        h.header(VIRTIO_BLK_T_IN, 0);
+        h.mem.write_obj(UNTOUCHED, GuestAddress(STATUS)).unwrap();
+        // All 16 descriptors in one chain (header, 14 data buffers, status), and then the
+        // last one links back to the first: the driver claims a 17th descriptor.
+        h.driver.write_descriptor(0, HEADER, 16, DESC_F_NEXT, 1);
+        for i in 1..15u16 {
+            let addr = DATA + 512 * u64::from(i - 1);
+            h.driver
+                .write_descriptor(i, addr, 512, DESC_F_NEXT | DESC_F_WRITE, i + 1);
+        }
+        h.driver
+            .write_descriptor(15, STATUS, 1, DESC_F_NEXT | DESC_F_WRITE, 0);
+        h.driver.publish(0);
+        let used = h.complete(0);
+        assert_eq!((h.status(), used), (STATUS_IOERR, 1));
+        h.assert_still_works();
+    }
+
+    #[test]
+    fn a_link_outside_the_queue_and_indirect_tables_get_ioerr() {
+        let mut h = Harness::new(false);
+        h.header(VIRTIO_BLK_T_IN, 0);
+        h.mem.write_obj(UNTOUCHED, GuestAddress(STATUS)).unwrap();
+        h.driver
+            .write_descriptor(3, STATUS, 1, DESC_F_NEXT | DESC_F_WRITE, 200);
+        h.driver.publish(3);
+        assert_eq!(h.complete(3), 1);
+        assert_eq!(h.status(), STATUS_IOERR);
+
+        // Indirect descriptors were not offered.
+        h.mem.write_obj(UNTOUCHED, GuestAddress(STATUS)).unwrap();
+        h.driver.write_descriptor(4, HEADER, 16, DESC_F_NEXT, 5);
+        h.driver
+            .write_descriptor(5, 0x50000, 48, DESC_F_NEXT | DESC_F_INDIRECT, 6);
+        h.driver.write_descriptor(6, STATUS, 1, DESC_F_WRITE, 0);
+        h.driver.publish(4);
+        // The walk stops at the indirect descriptor; the last one read is the header,
+        // which is not writable: no status can be given.
+        assert_eq!(h.complete(4), 0);
+        assert_eq!(h.status(), UNTOUCHED);
+        h.assert_still_works();
+    }
+
+    #[test]
+    fn zero_lengths_get_ioerr() {
+        let mut h = Harness::new(false);
+        h.header(VIRTIO_BLK_T_IN, 0);
+        let used = h.submit(&[readable(HEADER, 16), writable(DATA, 0), writable(STATUS, 1)]);
+        assert_eq!((h.status(), used), (STATUS_IOERR, 1));
+        // A read of no data at all.
+        let used = h.submit(&[readable(HEADER, 16), writable(STATUS, 1)]);
+        assert_eq!((h.status(), used), (STATUS_IOERR, 1));
+        // A zero-length header.
+        let used = h.submit(&[
+            readable(HEADER, 0),
+            writable(DATA, 512),
+            writable(STATUS, 1),
+        ]);
+        assert_eq!((h.status(), used), (STATUS_IOERR, 1));
+        // A zero-length status buffer: nowhere to answer.
+        let used = h.submit(&[
+            readable(HEADER, 16),
+            writable(DATA, 512),
+            writable(STATUS, 0),
+        ]);
+        assert_eq!((h.status(), used), (UNTOUCHED, 0));
+        h.assert_still_works();
+    }
+
+    #[test]
+    fn huge_and_partial_lengths_get_ioerr() {
+        let mut h = Harness::new(false);
+        for len in [u32::MAX, u32::MAX - 511, 0x8000_0000, 100, 513] {
+            h.header(VIRTIO_BLK_T_IN, 0);
+            let used = h.submit(&[
+                readable(HEADER, 16),
+                writable(DATA, len),
+                writable(STATUS, 1),
+            ]);
+            assert_eq!((h.status(), used), (STATUS_IOERR, 1), "{len:#x}");
+        }
+        // A huge header descriptor.
+        let used = h.submit(&[readable(HEADER, u32::MAX), writable(STATUS, 1)]);
+        assert_eq!((h.status(), used), (STATUS_IOERR, 1));
+        h.assert_still_works();
+    }
+
+    #[test]
+    fn wrong_direction_flags_get_ioerr() {
+        let mut h = Harness::new(false);
+        // A read into a device-readable buffer.
+        h.header(VIRTIO_BLK_T_IN, 0);
+        let used = h.submit(&[
+            readable(HEADER, 16),
+            readable(DATA, 512),
+            writable(STATUS, 1),
+        ]);
+        assert_eq!((h.status(), used), (STATUS_IOERR, 1));
+        // A write from a device-writable buffer: the file is not touched.
+        h.header(VIRTIO_BLK_T_OUT, 0);
+        let used = h.submit(&[
+            readable(HEADER, 16),
+            writable(DATA, 512),
+            writable(STATUS, 1),
+        ]);
+        assert_eq!((h.status(), used), (STATUS_IOERR, 1));
+        // A device-writable header.
+        h.header(VIRTIO_BLK_T_IN, 0);
+        let used = h.submit(&[
+            writable(HEADER, 16),
+            writable(DATA, 512),
+            writable(STATUS, 1),
+        ]);
+        assert_eq!((h.status(), used), (STATUS_IOERR, 1));
+        // A device-readable status byte: nowhere to answer.
+        let used = h.submit(&[
+            readable(HEADER, 16),
+            writable(DATA, 512),
+            readable(STATUS, 1),
+        ]);
+        assert_eq!((h.status(), used), (UNTOUCHED, 0));
+        assert_eq!(h.image.contents(), pattern(DISK_SECTORS as usize * 512));
+        h.assert_still_works();
+    }
+
+    #[test]
+    fn sectors_past_the_end_of_the_disk_get_ioerr() {
+        let mut h = Harness::new(false);
+        assert_eq!(h.read(DISK_SECTORS - 1, 1024), (STATUS_IOERR, 1));
+        assert_eq!(h.read(DISK_SECTORS, 512), (STATUS_IOERR, 1));
+        assert_eq!(h.read(u64::MAX, 512), (STATUS_IOERR, 1));
+        assert_eq!(h.read(u64::MAX / 512 + 1, 512), (STATUS_IOERR, 1));
+        assert_eq!(h.write(DISK_SECTORS - 1, &[1; 1024]), (STATUS_IOERR, 1));
+        assert_eq!(
+            h.image.contents().len(),
+            DISK_SECTORS as usize * 512,
+            "not extended"
+        );
+        // The last sector itself is fine.
+        assert_eq!(h.read(DISK_SECTORS - 1, 512), (STATUS_OK, 513));
+        h.assert_still_works();
+    }
+
+    #[test]
+    fn writes_to_a_read_only_disk_get_ioerr() {
+        let mut h = Harness::new(true);
+        assert_eq!(h.write(0, &[0x11; 512]), (STATUS_IOERR, 1));
+        assert_eq!(
+            h.ranges(VIRTIO_BLK_T_DISCARD, &[(0, 8, 0)]),
+            (STATUS_IOERR, 1)
+        );
+        assert_eq!(
+            h.ranges(VIRTIO_BLK_T_WRITE_ZEROES, &[(0, 8, 0)]),
+            (STATUS_IOERR, 1)
+        );
+        assert_eq!(h.image.contents(), pattern(DISK_SECTORS as usize * 512));
+        // Reading and flushing a read-only disk are fine.
+        assert_eq!(h.simple(VIRTIO_BLK_T_FLUSH), (STATUS_OK, 1));
+        h.assert_still_works();
+    }
+
+    #[test]
+    fn unknown_request_types_get_unsupp() {
+        let mut h = Harness::new(false);
+        for request_type in [VIRTIO_BLK_T_SCSI_CMD, 3, 0xdead_beef] {
+            assert_eq!(h.simple(request_type), (STATUS_UNSUPP, 1), "{request_type}");
+        }
+        h.assert_still_works();
+        assert_eq!(h.block.bad_requests, 3);
+    }
+
+    #[test]
+    fn an_available_index_beyond_the_queue_needs_a_reset() {
+        let mut h = Harness::new(false);
+        // The driver claims 17 new buffers in a 16-entry queue.
+        h.driver.set_avail_idx(SIZE + 1);
+        h.block.process_queue();
+        assert_eq!(h.driver.used_idx(), 0, "nothing completed");
+        assert_eq!(h.irq.counts(), (0, 0, 1), "DEVICE_NEEDS_RESET reported");
+        // The device leaves the queue alone until it is reset...
+        h.driver.set_avail_idx(0);
+        h.block.process_queue();
+        assert_eq!(h.irq.counts(), (0, 0, 1));
+        // ...and works again after it.
+        assert!(h.block.reset());
+        h.activate();
+        h.assert_still_works();
+    }
+
+    #[test]
+    fn a_head_outside_the_queue_needs_a_reset() {
+        let mut h = Harness::new(false);
+        assert_eq!(h.read(0, 512), (STATUS_OK, 513));
+        h.driver.publish(SIZE + 3);
+        h.block.process_queue();
+        assert_eq!(h.driver.used_idx(), 1, "only the first request completed");
+        assert_eq!(h.irq.counts(), (1, 0, 1));
+        assert!(h.block.reset());
+        h.activate();
+        h.assert_still_works();
+    }
+
+    #[test]
+    fn a_batch_raises_one_interrupt_and_leaves_notifications_enabled() {
+        let mut h = Harness::new(false);
+        h.header(VIRTIO_BLK_T_IN, 2);
+        for i in 0..3u64 {
+            h.driver.add_chain(&[
+                readable(HEADER, 16),
+                writable(DATA + 0x1000 * i, 512),
+                writable(STATUS + i, 1),
+            ]);
+        }
+        h.block.process_queue();
+        assert_eq!(h.driver.used_idx(), 3);
+        for i in 0..3u16 {
+            assert_eq!(h.driver.used(i), (3 * u32::from(i), 513));
+        }
+        assert_eq!(h.irq.counts(), (1, 0, 0));
+        assert_eq!(
+            h.driver.used_flags(),
+            0,
+            "VRING_USED_F_NO_NOTIFY cleared again"
+        );
+        assert_eq!(
+            h.notify.read().ok(),
+            None,
+            "no self-kick for a partial ring"
+        );
+        // Nothing new: no completion, no interrupt.
+        h.block.process_queue();
+        assert_eq!((h.driver.used_idx(), h.irq.counts()), (3, (1, 0, 0)));
+    }
+
+    #[test]
+    fn a_full_ring_yields_to_the_event_loop_and_continues() {
+        let mut h = Harness::new(false);
+        h.header(VIRTIO_BLK_T_FLUSH, 0);
+        for _ in 0..SIZE {
+            h.driver
+                .add_chain(&[readable(HEADER, 16), writable(STATUS, 1)]);
+        }
+        h.block.process_queue();
+        assert_eq!(h.driver.used_idx(), SIZE);
+        assert_eq!(h.notify.read().unwrap(), 1, "the device asked to run again");
+        h.completed = SIZE;
+        h.assert_still_works();
+    }
+
+    #[test]
+    fn an_inactive_device_ignores_its_queue() {
+        let mut h = Harness::new(false);
+        assert!(h.block.reset());
+        h.header(VIRTIO_BLK_T_FLUSH, 0);
+        h.driver
+            .add_chain(&[readable(HEADER, 16), writable(STATUS, 1)]);
+        h.block.process_queue();
+        assert_eq!(h.driver.used_idx(), 0);
+        assert_eq!(h.irq.counts(), (0, 0, 0));
+    }
+
+    #[test]
+    fn a_queue_the_driver_disabled_is_left_alone() {
+        let mut h = Harness::new(false);
+        h.block.disable_queue(1); // no such queue: nothing happens
+        h.assert_still_works();
+        h.block.disable_queue(0);
+        h.header(VIRTIO_BLK_T_FLUSH, 0);
+        h.driver
+            .add_chain(&[readable(HEADER, 16), writable(STATUS, 1)]);
+        h.block.process_queue();
+        assert_eq!(h.driver.used_idx(), h.completed, "nothing completed");
+        assert_eq!(h.irq.counts().2, 0, "not an error");
+        assert!(h.block.reset());
+        h.activate();
+        h.assert_still_works();
+    }
+
+    #[test]
+    fn the_event_loop_runs_requests_and_follows_activation_and_reset() {
+        let image = TempImage::new("event-loop", &pattern(8192));
+        let block = Arc::new(Mutex::new(
+            Block::new(BlockConfig {
+                path: image.0.clone(),
+                read_only: false,
+                id: None,
+            })
+            .unwrap(),
+        ));
+        let mut manager: EventManager<Arc<Mutex<Block>>> = EventManager::new().unwrap();
+        manager.add_subscriber(block.clone());
+        let mem = guest_memory();
+        let irq = Arc::new(RecordingInterrupt::default());
+        let notify = EventFd::new(EFD_NONBLOCK).unwrap();
+        let header = |request_type: u32| {
+            mem.write_obj(request_type, GuestAddress(HEADER)).unwrap();
+            mem.write_obj(0u64, GuestAddress(HEADER + 8)).unwrap();
+        };
+        let flush = [readable(HEADER, 16), writable(STATUS, 1)];
+        header(VIRTIO_BLK_T_FLUSH);
+        let activate = |driver: &DriverQueue| {
+            let queue = ActiveQueue {
+                queue: driver.device_queue(),
+                notify: notify.try_clone().unwrap(),
+            };
+            block
+                .lock()
+                .unwrap()
+                .activate(mem.clone(), irq.clone(), vec![queue])
+                .unwrap();
+        };
+
+        // A request the driver made before DRIVER_OK is served when the device starts.
+        let mut driver = DriverQueue::new(&mem, SIZE);
+        driver.add_chain(&flush);
+        activate(&driver);
+        assert_eq!(manager.run_with_timeout(1000).unwrap(), 1);
+        assert_eq!(driver.used_idx(), 1);
+
+        // A notification, as KVM's ioeventfd would deliver it.
+        driver.add_chain(&flush);
+        notify.write(1).unwrap();
+        assert_eq!(manager.run_with_timeout(1000).unwrap(), 1);
+        assert_eq!(driver.used_idx(), 2);
+        assert_eq!(irq.counts(), (2, 0, 0));
+
+        // After a reset the queue eventfd is no longer watched.
+        assert!(block.lock().unwrap().reset());
+        assert_eq!(manager.run_with_timeout(1000).unwrap(), 1);
+        driver.add_chain(&flush);
+        notify.write(1).unwrap();
+        assert_eq!(manager.run_with_timeout(50).unwrap(), 0);
+        assert_eq!(driver.used_idx(), 2);
+        notify.read().unwrap();
+
+        // Started again on new rings, it works.
+        let mut driver = DriverQueue::new(&mem, SIZE);
+        activate(&driver);
+        assert_eq!(manager.run_with_timeout(1000).unwrap(), 1);
+        driver.add_chain(&flush);
+        notify.write(1).unwrap();
+        assert_eq!(manager.run_with_timeout(1000).unwrap(), 1);
+        assert_eq!(driver.used_idx(), 1);
+        assert_eq!(mem.read_obj::<u8>(GuestAddress(STATUS)).unwrap(), STATUS_OK);
+        assert_eq!(irq.counts(), (3, 0, 0));
+        // The rings are where the driver put them.
+        assert_eq!(mem.read_obj::<u16>(GuestAddress(USED_RING + 2)).unwrap(), 1);
+    }
+}
