@@ -7,17 +7,27 @@ and wait4s: the wall time is exec -> exit of the VMM process (VM teardown includ
 peak RSS is the VMM's own ru_maxrss, not inflated by Python's (see spawn-measure.c). Both
 VMMs get stdin from /dev/null and write the guest's serial output to a file, which is
 checked after every run: a run that did not do its work fails the benchmark.
+
+virtio-blk has no floor (kvm-floor has no virtio device). Its reference is the host itself:
+`dd` reading (and writing) the same range of a file in the page cache, in the same rounds.
 """
 
 import argparse
+import json
 import os
+import re
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 
 GOAL_EXEC_MS = 15.0
 GOAL_RSS_KIB = 3 * 1024
 GOAL_EXIT_RATIO = 1.25
+# The virtio-blk case: `petrel.mib` 1 MiB reads then writes over a sparse image of twice that.
+BLK_MIB = 32
+BLK_IMAGE_MIB = 2 * BLK_MIB
 
 
 def parse_args():
@@ -33,15 +43,28 @@ def parse_args():
 
 
 class Case:
-    """One command line, its timed results, and a check of what it wrote."""
+    """One command line, its timed results, and a check of what it wrote.
 
-    def __init__(self, key, label, argv, check):
+    `collect(stdout, stderr)`, if given, returns named figures of one run (after the check
+    passed) and raises BenchError if they cannot be read; timed runs append them to
+    `values`. `before()` runs before each run (e.g. to remove a stale metrics file).
+    """
+
+    def __init__(self, key, label, argv, check, collect=None, before=None, in_table=True):
         self.key = key
         self.label = label
         self.argv = argv
         self.check = check
+        self.collect = collect
+        self.before = before
+        self.in_table = in_table
         self.ms = []
         self.rss_kib = []
+        self.values = {}
+
+
+class BenchError(Exception):
+    """A run's output does not hold the figures it should."""
 
 
 def spawn_and_wait(launcher, argv, out_path, err_path):
@@ -59,15 +82,23 @@ def spawn_and_wait(launcher, argv, out_path, err_path):
 def run_case(case, launcher, workdir, timed):
     out_path = os.path.join(workdir, f"{case.key}.out")
     err_path = os.path.join(workdir, f"{case.key}.err")
+    if case.before is not None:
+        case.before()
     ms, rss, code = spawn_and_wait(launcher, case.argv, out_path, err_path)
     with open(out_path, "rb") as f:
         output = f.read()
+    with open(err_path, "rb") as f:
+        stderr = f.read().decode(errors="replace")
     problem = None if code == 0 else f"exit status {code}"
     if problem is None:
         problem = case.check(output)
+    figures = {}
+    if problem is None and case.collect is not None:
+        try:
+            figures = case.collect(output, stderr)
+        except BenchError as e:
+            problem = str(e)
     if problem is not None:
-        with open(err_path, "rb") as f:
-            stderr = f.read().decode(errors="replace")
         sys.exit(
             f"bench: {case.label} failed: {problem}\n  command: {' '.join(case.argv)}\n"
             f"  stderr: {stderr.strip() or '(empty)'}\n  stdout tail: {output[-200:]!r}"
@@ -75,6 +106,8 @@ def run_case(case, launcher, workdir, timed):
     if timed:
         case.ms.append(ms)
         case.rss_kib.append(rss)
+        for name, value in figures.items():
+            case.values.setdefault(name, []).append(value)
 
 
 def petrel_check(scenario_line, extra=b""):
@@ -98,6 +131,61 @@ def floor_check(count):
     return check
 
 
+def blk_guest_figures(metrics_path):
+    """Reads the guest's `BLK bench` lines and the run's metrics file."""
+
+    def collect(output, _stderr):
+        text = output.decode(errors="replace")
+        figures = {}
+        for phase in ("read", "write"):
+            m = re.search(rf"^BLK bench {phase} mib=(\d+) cycles=\d+ mbps=(\S+)", text, re.M)
+            if m is None:
+                raise BenchError(f"no 'BLK bench {phase}' line")
+            if int(m.group(1)) != BLK_MIB:
+                raise BenchError(f"the guest moved {m.group(1)} MiB, not {BLK_MIB}")
+            if m.group(2) == "-":
+                raise BenchError("the guest could not tell the TSC frequency (mbps=-)")
+            figures[f"guest_{phase}_mbps"] = float(m.group(2))
+        if not re.search(r"^BLK bench flush cycles=\d+ status=ok", text, re.M):
+            raise BenchError("the guest's flush did not succeed")
+        try:
+            with open(metrics_path, encoding="utf-8") as f:
+                metrics = json.load(f)
+            disk = metrics["petrel"]["disks"][0]
+            requests = disk["requests"]
+            reads, writes = disk["read_count"], disk["write_count"]
+            figures["host_us_per_request"] = disk["request_us_total"] / requests
+            figures["host_us_per_read"] = disk["read_agg"]["sum_us"] / reads
+            figures["host_us_per_write"] = disk["write_agg"]["sum_us"] / writes
+            figures["requests"] = requests
+        except (OSError, ValueError, KeyError, IndexError, TypeError, ZeroDivisionError) as e:
+            raise BenchError(f"metrics file {metrics_path} lacks the disk's counters: {e!r}")
+        if reads != BLK_MIB or writes != BLK_MIB:
+            raise BenchError(f"metrics count {reads} reads and {writes} writes, not {BLK_MIB}")
+        return figures
+
+    return collect
+
+
+def dd_figures(key):
+    """Reads dd's own `<bytes> bytes ... copied, <seconds> s` line (LC_ALL=C) as MB/s."""
+
+    def collect(_output, stderr):
+        m = re.search(r"^(\d+) bytes .* copied, ([0-9.e+-]+) s", stderr, re.M)
+        if m is None:
+            raise BenchError("no 'bytes ... copied' line from dd")
+        size, secs = int(m.group(1)), float(m.group(2))
+        if size != BLK_MIB << 20 or secs <= 0:
+            raise BenchError(f"dd copied {size} bytes in {secs} s")
+        return {key: size / secs / 1e6}
+
+    return collect
+
+
+def no_check(_output):
+    return None
+
+
 def fmt(values, unit, digits=2):
     return (
         f"{statistics.median(values):9.{digits}f} {unit:<3} "
@@ -111,6 +199,36 @@ def verdict(ok):
 
 def main():
     a = parse_args()
+    blkdir = tempfile.mkdtemp(prefix="petrel-bench-blk-")
+    try:
+        bench(a, blkdir)
+    finally:
+        shutil.rmtree(blkdir, ignore_errors=True)
+
+
+def sparse_image(path, mib):
+    with open(path, "wb") as f:
+        f.truncate(mib << 20)
+
+
+def bench(a, blkdir):
+    image = os.path.join(blkdir, "bench.img")
+    reference = os.path.join(blkdir, "dd-write.img")
+    metrics = os.path.join(blkdir, "metrics.json")
+    sparse_image(image, BLK_IMAGE_MIB)
+    sparse_image(reference, BLK_IMAGE_MIB)
+
+    def remove_metrics():
+        if os.path.exists(metrics):
+            os.remove(metrics)
+
+    blk_cmdline = f"console=ttyS0 petrel.scenario=blk-bench petrel.mib={BLK_MIB}"
+    # The launcher execs without a PATH search.
+    tools = {name: shutil.which(name) for name in ("env", "dd")}
+    missing = [name for name, path in tools.items() if path is None]
+    if missing:
+        sys.exit(f"bench: {', '.join(missing)} not found (needed for the virtio-blk reference)")
+    dd = [tools["env"], "LC_ALL=C", tools["dd"], "bs=1M", f"count={BLK_MIB}"]
     flood_cmdline = "console=ttyS0 reboot=k panic=-1 petrel.scenario=serial-flood petrel.count={}"
     petrel_run = [a.petrel, "run", "--kernel", a.guest, "--memory", "128", "--console", "stdio"]
     cases = [
@@ -135,6 +253,31 @@ def main():
             [a.floor, "0", "reinject"],
             floor_check(0),
         ),
+        Case(
+            "petrel-blk",
+            f"petrel, blk-bench mib={BLK_MIB}",
+            petrel_run + ["--cmdline", blk_cmdline, "--disk", f"path={image}",
+                          "--metrics", metrics],
+            petrel_check(b"blk-bench", b"BLK bench write"),
+            collect=blk_guest_figures(metrics),
+            before=remove_metrics,
+        ),
+        Case(
+            "dd-read",
+            "host dd read (page cache)",
+            dd + [f"if={image}", "of=/dev/null"],
+            no_check,
+            collect=dd_figures("dd_read_mbps"),
+            in_table=False,
+        ),
+        Case(
+            "dd-write",
+            "host dd write (page cache)",
+            dd + ["if=/dev/zero", f"of={reference}", "conv=notrunc"],
+            no_check,
+            collect=dd_figures("dd_write_mbps"),
+            in_table=False,
+        ),
     ]
     by_key = {c.key: c for c in cases}
 
@@ -148,7 +291,7 @@ def main():
             run_case(cases[(r + i) % len(cases)], a.launcher, a.workdir, timed=True)
 
     print(f"{'case':<40} {'exec -> exit: median (min, max)':<36} peak RSS: median (max)")
-    for c in cases:
+    for c in (c for c in cases if c.in_table):
         print(f"{c.label:<40} {fmt(c.ms, 'ms'):<36} {statistics.median(c.rss_kib) / 1024:5.2f} MiB "
               f"({max(c.rss_kib) / 1024:.2f})")
     print()
@@ -184,7 +327,7 @@ def main():
         per_exit_paired_us(floor0, by_key["floor-n"]), "us")
     print(f"  {'floor, PIT reinjection left on':<44} {reinject_ms:8.2f} ms "
           f"({reinject_ms - floor_ms:+.2f} ms against turning it off)")
-    print(f"  {'virtio-blk MB/s':<44} not yet: virtio-blk lands with issue 5")
+    blk_figures(by_key)
     print(f"  {'network':<44} not yet: petrel has no network device")
     print()
     ratio = petrel_exit / floor_exit
@@ -197,8 +340,33 @@ def main():
     optional_reports(a, cases)
 
 
+def blk_figures(by_key):
+    """The virtio-blk lines: guest MB/s against host dd, and petrel's host time per request."""
+    blk = by_key["petrel-blk"].values
+    dd_read = by_key["dd-read"].values["dd_read_mbps"]
+    dd_write = by_key["dd-write"].values["dd_write_mbps"]
+    med = statistics.median
+    print(f"  virtio-blk, {BLK_MIB} x 1 MiB sequential, guest-timed "
+          f"(no floor: kvm-floor has no virtio device; reference: host dd, page cache)")
+    for phase, ref in (("read", dd_read), ("write", dd_write)):
+        guest = blk[f"guest_{phase}_mbps"]
+        print(f"    {phase + ' MB/s (min, max)':<42} petrel {med(guest):8.1f} "
+              f"({min(guest):.0f}, {max(guest):.0f})  host dd {med(ref):8.1f} "
+              f"({min(ref):.0f}, {max(ref):.0f})  ratio {med(guest) / med(ref):5.2f}")
+    requests = int(med(blk["requests"]))
+    print(f"    {f'host us per request (all {requests}, flush incl.)':<42} "
+          f"{med(blk['host_us_per_request']):8.1f} us "
+          f"(min {min(blk['host_us_per_request']):.1f}, max {max(blk['host_us_per_request']):.1f})")
+    for phase in ("read", "write"):
+        values = blk[f"host_us_per_{phase}"]
+        print(f"    {f'host us per 1 MiB {phase}':<42} {med(values):8.1f} us "
+              f"(min {min(values):.1f}, max {max(values):.1f})")
+
+
 def optional_reports(a, cases):
-    """Once petrel has --exit-stats / --boot-timer, shows what they print (untimed runs)."""
+    """Once petrel has --exit-stats / --boot-timer, shows what they print (untimed runs):
+    the exit table of a serial flood and of a blk-bench run (with its disk rows), and the
+    boot-timer line of a hello run."""
     help_text = subprocess.run(
         [a.petrel, "run", "--help"], capture_output=True, text=True, check=False
     ).stdout
@@ -208,6 +376,12 @@ def optional_reports(a, cases):
         err = run_once(a, flood.argv + ["--exit-stats"], "exit-stats")
         print()
         print(f"petrel --exit-stats, {flood.label} (untimed run):")
+        print("\n".join("  " + line for line in err.splitlines()))
+        blk = by_key["petrel-blk"]
+        blk.before()
+        err = run_once(a, blk.argv + ["--exit-stats"], "exit-stats-blk")
+        print()
+        print(f"petrel --exit-stats, {blk.label} (untimed run):")
         print("\n".join("  " + line for line in err.splitlines()))
     if "--boot-timer" in help_text:
         err = run_once(a, by_key["petrel-hello"].argv + ["--boot-timer", "--log-level", "info"],

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# petrel's benchmark suite: petrel against a raw KVM floor measured in the same run.
+# petrel's benchmark suite: petrel against a raw KVM floor measured in the same run, and
+# virtio-blk throughput against the host's own dd (there is no floor for it: kvm-floor has no
+# virtio device).
 #
 # Set-up (as in README.md):   cargo build --release && bash tests/guest/build.sh
 # Run:                        bash bench/run.sh
@@ -9,9 +11,14 @@
 #   GUEST=PATH        the test guest ELF       (default tests/guest/target/.../petrel-test-guest)
 #   FLOOD_COUNT=10000 serial bytes for the per-exit figure
 #
+# The virtio-blk case runs the test guest's blk-bench scenario (32 sequential 1 MiB reads, then
+# 32 writes and a flush) on a 64 MiB sparse image in a temporary directory (removed at the end;
+# put it elsewhere with TMPDIR), with --metrics for petrel's host time per request, and `dd`
+# over the same 32 MiB of a page-cached file in the same rounds as the reference.
+#
 # Prints medians, min/max, petrel/floor ratios and the goals (PASS/MISS is informational: the
 # script exits 0 whatever the figures). It fails loudly, with a non-zero status, when /dev/kvm,
-# a binary, gcc or python3 is missing, or when a run does not produce the expected output.
+# a binary, gcc, python3 or dd is missing, or when a run does not produce the expected output.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -34,6 +41,7 @@ fail() {
 [[ -f "$guest" ]] || fail "no test guest at $guest (run: bash tests/guest/build.sh)"
 command -v gcc >/dev/null || fail "gcc is needed to build bench/kvm-floor.c"
 command -v python3 >/dev/null || fail "python3 is needed for the measurements"
+command -v dd >/dev/null || fail "dd is needed for the virtio-blk reference"
 
 out="$root/target/bench"
 mkdir -p "$out"
@@ -59,6 +67,8 @@ echo "kvm_pvm:  $pvm"
 echo "clock:    $(cat /sys/devices/system/clocksource/clocksource0/current_clocksource 2>/dev/null || echo unknown) clocksource"
 echo "petrel:   $petrel ($(git -C "$root" describe --always --dirty 2>/dev/null || echo 'no git'))"
 echo "runs:     $runs per case, alternated; serial flood of $flood bytes"
+tmp="${TMPDIR:-/tmp}"
+echo "blk:      image in $tmp ($(df -PT "$tmp" 2>/dev/null | awk 'NR == 2 { print $2 }' || echo '?') file system)"
 echo
 
 exec python3 "$root/bench/measure.py" \

@@ -248,3 +248,67 @@ fn bad_disks_are_refused_with_one_line() {
     assert_refused(&["readonly=on".into()], "no path=");
     assert_refused(&[disk_arg(&good, ",id=an-id-that-is-far-too-long")], "id");
 }
+
+#[test]
+fn metrics_and_exit_stats_count_the_disks_requests() {
+    require_kvm();
+    let dir = TempDir::new("blk-metrics");
+    let image = make_image(&dir, "m.img", 4096, 13);
+    let metrics_path = dir.join("metrics.json");
+    let run = Petrel::new()
+        .kernel(test_guest())
+        .cmdline("console=ttyS0 petrel.scenario=blk-write petrel.sector=100 petrel.pattern=0x77")
+        .args(["--disk", &disk_arg(&image, ",id=counted"), "--exit-stats"])
+        .args(["--metrics".into(), metrics_path.clone().into_os_string()])
+        .run();
+    assert_eq!(run.code, Some(0), "{}", run.describe());
+    assert!(run.stdout.contains("BLK flush dev=0 status=ok"));
+    let text = std::fs::read_to_string(&metrics_path).unwrap();
+    let metrics: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let block = |key: &str| metrics["block"][key].as_u64().unwrap();
+    // The guest wrote one sector, flushed, and read it back.
+    assert!(block("write_count") >= 1, "{text}");
+    assert!(block("flush_count") >= 1, "{text}");
+    assert!(block("write_bytes") >= 512, "{text}");
+    assert!(block("read_count") >= 1, "{text}");
+    assert!(block("read_bytes") >= 512, "{text}");
+    assert_eq!(block("write_bytes") % 512, 0, "{text}");
+    assert_eq!(block("invalid_reqs_count"), 0, "{text}");
+    assert_eq!(block("execute_fails"), 0, "{text}");
+    assert!(metrics["block"]["write_agg"]["sum_us"].is_u64(), "{text}");
+
+    let disks = metrics["petrel"]["disks"].as_array().unwrap();
+    assert_eq!(disks.len(), 1, "{text}");
+    let disk = &disks[0];
+    assert_eq!(disk["id"], "counted", "{text}");
+    assert_eq!(disk["path"], image.display().to_string(), "{text}");
+    assert_eq!(disk["read_only"], false, "{text}");
+    assert_eq!(
+        disk["write_count"], metrics["block"]["write_count"],
+        "{text}"
+    );
+    let requests = disk["requests"].as_u64().unwrap();
+    let counted = block("write_count") + block("flush_count") + block("read_count");
+    assert!(requests >= counted, "{text}");
+    // A flush is an fdatasync: it takes the host more than a microsecond.
+    assert!(disk["request_us_total"].as_u64().unwrap() >= 1, "{text}");
+
+    let row = run
+        .stderr
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("disk counted"))
+        .unwrap_or_else(|| panic!("no disk row:\n{}", run.describe()));
+    let count: u64 = row["disk counted".len()..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        count,
+        requests,
+        "table and metrics agree:\n{}",
+        run.describe()
+    );
+}

@@ -19,6 +19,7 @@ use petrel_memory::GuestMemoryMmap;
 use crate::disk_config::DiskConfig;
 use crate::irq::{IrqError, IrqfdLine};
 use crate::kvm_vm::KvmVm;
+use crate::stats::DiskStats;
 use crate::vmm::Subscriber;
 
 /// Errors registering a virtio device.
@@ -70,6 +71,8 @@ pub struct VirtioDevices {
     pub acpi: Vec<VirtioMmioDevice>,
     /// `virtio_mmio.device=` entries, one per device.
     pub cmdline_entries: Vec<String>,
+    /// The request counters of each disk, in attach order.
+    pub disks: Vec<DiskStats>,
 }
 
 impl VirtioDevices {
@@ -81,6 +84,7 @@ impl VirtioDevices {
             subscribers: Vec::new(),
             acpi: Vec::new(),
             cmdline_entries: Vec::new(),
+            disks: Vec::new(),
         })
     }
 
@@ -136,7 +140,8 @@ impl VirtioDevices {
         Ok(base)
     }
 
-    /// Opens each disk and attaches it as a virtio-blk device.
+    /// Opens each disk and attaches it as a virtio-blk device, keeping its counters in
+    /// [`disks`](Self::disks).
     pub fn attach_disks(
         &mut self,
         vm: &KvmVm,
@@ -153,8 +158,15 @@ impl VirtioDevices {
                 path: disk.path.display().to_string(),
                 source,
             })?;
+            let stats = DiskStats {
+                id: block.disk_id().to_owned(),
+                path: disk.path.clone(),
+                read_only: block.read_only(),
+                stats: block.stats(),
+            };
             let block = Arc::new(Mutex::new(block));
             self.attach(vm, memory, block.clone(), block, "virtio-blk")?;
+            self.disks.push(stats);
         }
         Ok(())
     }

@@ -1,8 +1,11 @@
 //! The `--metrics` JSON file, written at exit and whenever petrel gets SIGUSR1.
 //!
 //! Field names follow Firecracker's metrics where the meaning is the same (`vcpu.exit_io_out`,
-//! `uart.write_count`, `i8042.reset_count`, …), so existing dashboards can read them; what
-//! Firecracker has no name for lives under `petrel`.
+//! `uart.write_count`, `i8042.reset_count`, `block.read_count`, …), so existing dashboards can
+//! read them; what Firecracker has no name for lives under `petrel`. Like Firecracker's
+//! `block`, ours adds up all disks; `petrel.disks` has each disk on its own. Unlike
+//! Firecracker's, every count is a total since the VM started, not a delta since the last
+//! write of the file.
 
 use std::fs;
 use std::io;
@@ -10,6 +13,8 @@ use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
+
+use petrel_devices::virtio::block::{BlockStatsSnapshot, LatencyAggregate};
 
 use crate::lifecycle::{ResetSource, StopReason};
 use crate::stats::StatsSnapshot;
@@ -26,6 +31,50 @@ pub enum MetricsError {
         #[source]
         source: io::Error,
     },
+}
+
+/// Firecracker's `LatencyAggregateMetrics`: min / max / sum in µs.
+fn latency_json(latency: &LatencyAggregate) -> Value {
+    json!({
+        "min_us": latency.min_ns / 1000,
+        "max_us": latency.max_ns / 1000,
+        "sum_us": latency.sum_ns / 1000,
+    })
+}
+
+/// The counters Firecracker's `BlockDeviceMetrics` has under the same names.
+fn block_json(counts: &BlockStatsSnapshot) -> serde_json::Map<String, Value> {
+    let value = json!({
+        "read_count": counts.read_count,
+        "write_count": counts.write_count,
+        "flush_count": counts.flush_count,
+        "read_bytes": counts.read_bytes,
+        "write_bytes": counts.write_bytes,
+        "invalid_reqs_count": counts.invalid_reqs_count,
+        "execute_fails": counts.execute_fails,
+        "read_agg": latency_json(&counts.read_agg),
+        "write_agg": latency_json(&counts.write_agg),
+    });
+    match value {
+        Value::Object(map) => map,
+        _ => serde_json::Map::new(),
+    }
+}
+
+/// One entry of `petrel.disks`: what names the disk, its Firecracker-named counters, and the
+/// host time of all its requests.
+fn disk_json(disk: &crate::stats::DiskRow) -> Value {
+    let mut entry = serde_json::Map::new();
+    entry.insert("id".into(), json!(disk.id));
+    entry.insert("path".into(), json!(disk.path.display().to_string()));
+    entry.insert("read_only".into(), json!(disk.read_only));
+    entry.extend(block_json(&disk.counts));
+    entry.insert("requests".into(), json!(disk.counts.requests));
+    entry.insert(
+        "request_us_total".into(),
+        json!(disk.counts.request_ns_total / 1000),
+    );
+    Value::Object(entry)
 }
 
 /// The metrics document for `snapshot`, with the stop reason once the VM has stopped.
@@ -58,6 +107,7 @@ pub fn metrics_json(snapshot: &StatsSnapshot, stop: Option<&StopReason>) -> Valu
             "write_count": range("i8042").map_or(0, |r| r.writes),
             "reset_count": reset_count,
         },
+        "block": block_json(&snapshot.block_totals()),
         "petrel": {
             "boot_time_us": snapshot.boot_time.map(|b| b.since_process_start.as_micros() as u64),
             "boot_time_since_first_run_us": snapshot
@@ -75,6 +125,7 @@ pub fn metrics_json(snapshot: &StatsSnapshot, stop: Option<&StopReason>) -> Valu
                 "accesses": d.accesses,
                 "total_us": d.total_ns / 1000,
             })).collect::<Vec<_>>(),
+            "disks": snapshot.disks.iter().map(disk_json).collect::<Vec<_>>(),
             "stop_reason": stop.map(|s| s.to_string()),
         },
     })
@@ -96,7 +147,7 @@ pub fn write_metrics(path: &Path, value: &Value) -> Result<(), MetricsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stats::DeviceRow;
+    use crate::stats::{DeviceRow, DiskRow};
     use petrel_vcpu::exit_stats::ExitStat;
 
     fn snapshot() -> StatsSnapshot {
@@ -121,6 +172,7 @@ mod tests {
             }],
             pio_ranges: Vec::new(),
             boot_time: None,
+            disks: Vec::new(),
         }
     }
 
@@ -140,6 +192,62 @@ mod tests {
             .as_str()
             .unwrap()
             .contains("i8042"));
+    }
+
+    #[test]
+    fn disks_are_added_up_under_block_and_listed_under_petrel() {
+        let mut snapshot = snapshot();
+        let value = metrics_json(&snapshot, None);
+        assert_eq!(value["block"]["read_count"], 0, "present without disks");
+        assert_eq!(value["block"]["read_agg"]["min_us"], 0);
+        assert_eq!(value["petrel"]["disks"].as_array().unwrap().len(), 0);
+
+        let counts = |n: u64| BlockStatsSnapshot {
+            read_count: n,
+            write_count: 2 * n,
+            flush_count: 1,
+            read_bytes: n * 4096,
+            write_bytes: n * 512,
+            invalid_reqs_count: n,
+            execute_fails: 1,
+            requests: 4 * n + 2,
+            request_ns_total: n * 1_000_000,
+            read_agg: LatencyAggregate {
+                min_ns: n * 1000,
+                max_ns: n * 9000,
+                sum_ns: n * 20_000,
+            },
+            write_agg: LatencyAggregate::default(),
+        };
+        for (id, n) in [("a", 1), ("b", 3)] {
+            snapshot.disks.push(DiskRow {
+                id: id.into(),
+                path: format!("/img/{id}.img").into(),
+                read_only: id == "b",
+                counts: counts(n),
+            });
+        }
+        let value = metrics_json(&snapshot, None);
+        let block = &value["block"];
+        assert_eq!(block["read_count"], 4);
+        assert_eq!(block["write_count"], 8);
+        assert_eq!(block["flush_count"], 2);
+        assert_eq!(block["read_bytes"], 16384);
+        assert_eq!(block["write_bytes"], 2048);
+        assert_eq!(block["invalid_reqs_count"], 4);
+        assert_eq!(block["execute_fails"], 2);
+        assert_eq!(block["read_agg"]["min_us"], 1);
+        assert_eq!(block["read_agg"]["max_us"], 27);
+        assert_eq!(block["read_agg"]["sum_us"], 80);
+        let disks = value["petrel"]["disks"].as_array().unwrap();
+        assert_eq!(disks.len(), 2);
+        assert_eq!(disks[1]["id"], "b");
+        assert_eq!(disks[1]["path"], "/img/b.img");
+        assert_eq!(disks[1]["read_only"], true);
+        assert_eq!(disks[1]["read_count"], 3);
+        assert_eq!(disks[1]["requests"], 14);
+        assert_eq!(disks[1]["request_us_total"], 3000);
+        assert_eq!(disks[0]["write_agg"]["sum_us"], 0);
     }
 
     #[test]

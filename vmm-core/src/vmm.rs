@@ -139,6 +139,7 @@ impl Vmm {
             pio: Arc::new(std::mem::take(&mut self.devices.pio_bus)),
             mmio: Arc::new(std::mem::take(&mut self.virtio.mmio_bus)),
             boot_time: self.devices.boot_time.clone(),
+            disks: self.virtio.disks.clone(),
         };
         let guest_lines = vec![
             (

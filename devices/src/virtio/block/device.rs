@@ -12,6 +12,7 @@ use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::disk::Disk;
+use super::stats::BlockStats;
 use super::{
     BlockError, DISCARD_SECTOR_ALIGNMENT, ID_BYTES, MAX_DISCARD_SECTORS, MAX_DISCARD_SEG,
     MAX_WRITE_ZEROES_SECTORS, MAX_WRITE_ZEROES_SEG, QUEUE_SIZE, SECTOR_SIZE, SEG_MAX, SIZE_MAX,
@@ -75,6 +76,8 @@ pub struct Block {
     pub(super) bad_requests: u64,
     pub(super) io_errors: ErrorLog,
     pub(super) interrupt_errors: ErrorLog,
+    /// Request counters, shared with whoever reports them.
+    pub(super) stats: Arc<BlockStats>,
 }
 
 fn check_id(id: &str) -> Result<(), BlockError> {
@@ -131,6 +134,7 @@ impl Block {
             bad_requests: 0,
             io_errors: ErrorLog::new("virtio-blk disk I/O"),
             interrupt_errors: ErrorLog::new("virtio-blk interrupt"),
+            stats: Arc::new(BlockStats::new()),
         })
     }
 
@@ -162,6 +166,13 @@ impl Block {
     /// Whether the driver has started the device.
     pub fn is_active(&self) -> bool {
         self.active.is_some()
+    }
+
+    /// The device's request counters. Keep the `Arc` to read them later without locking the
+    /// device: the event loop updates them with relaxed atomics as it completes requests.
+    /// They count from the device's creation and survive driver resets.
+    pub fn stats(&self) -> Arc<BlockStats> {
+        self.stats.clone()
     }
 
     fn signal_state_change(&self) -> std::io::Result<()> {

@@ -8,6 +8,8 @@
 //!   memory, `fdatasync`, hole punching and zeroing.
 //! - `event_handler`: the `event-manager` subscriber that watches the queue and runs the
 //!   requests.
+//! - [`BlockStats`] (`stats`): request counts, bytes and host time per device, relaxed
+//!   atomics the event loop adds to and anyone holding [`Block::stats`] reads without a lock.
 //!
 //! # Features
 //!
@@ -55,6 +57,7 @@ mod device;
 mod disk;
 mod event_handler;
 mod request;
+mod stats;
 
 use std::io;
 use std::path::PathBuf;
@@ -62,6 +65,7 @@ use std::path::PathBuf;
 use thiserror::Error;
 
 pub use self::device::{Block, BlockConfig};
+pub use self::stats::{BlockStats, BlockStatsSnapshot, LatencyAggregate};
 
 /// Bytes per virtio-blk sector (the unit of the request header and the capacity).
 pub const SECTOR_SIZE: u64 = 512;

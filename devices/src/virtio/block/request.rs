@@ -578,6 +578,38 @@ impl Request {
     }
 }
 
+/// What a request that completed with OK did, for the device's statistics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Completed {
+    /// A read of `bytes` bytes.
+    Read {
+        /// Bytes read from the image.
+        bytes: u64,
+    },
+    /// A write of `bytes` bytes.
+    Write {
+        /// Bytes written to the image.
+        bytes: u64,
+    },
+    /// A flush.
+    Flush,
+    /// GET_ID, discard or write-zeroes.
+    Other,
+}
+
+impl Request {
+    /// What this request does, once it has succeeded.
+    fn completed(&self) -> Completed {
+        let bytes = |segments: &[Segment]| segments.iter().map(|s| u64::from(s.len)).sum();
+        match self {
+            Self::Read { data, .. } => Completed::Read { bytes: bytes(data) },
+            Self::Write { data, .. } => Completed::Write { bytes: bytes(data) },
+            Self::Flush => Completed::Flush,
+            Self::GetId { .. } | Self::Discard(_) | Self::WriteZeroes(_) => Completed::Other,
+        }
+    }
+}
+
 /// The device's answer to one chain.
 #[derive(Debug)]
 pub(crate) struct Answer {
@@ -585,6 +617,8 @@ pub(crate) struct Answer {
     pub(crate) used_len: u32,
     /// The status byte written, if the chain had room for one.
     pub(crate) status: Option<u8>,
+    /// What the request did, if it completed with OK.
+    pub(crate) completed: Option<Completed>,
     /// What went wrong, if anything.
     pub(crate) error: Option<RequestError>,
 }
@@ -603,6 +637,7 @@ pub(crate) fn answer(
         return Answer {
             used_len: 0,
             status: None,
+            completed: None,
             error: Some(error),
         };
     };
@@ -610,22 +645,27 @@ pub(crate) fn answer(
         sectors: disk.sectors(),
         read_only: disk.read_only(),
     };
-    let result = parse(mem, chain, limits).and_then(|request| request.execute(mem, disk, id));
-    let (status, used_len, error) = match result {
-        Ok(written) => (STATUS_OK, written.saturating_add(1), None),
-        Err(error) => (error.status(), 1, Some(error)),
+    let result = parse(mem, chain, limits).and_then(|request| {
+        let written = request.execute(mem, disk, id)?;
+        Ok((written, request.completed()))
+    });
+    let (status, used_len, completed, error) = match result {
+        Ok((written, completed)) => (STATUS_OK, written.saturating_add(1), Some(completed), None),
+        Err(error) => (error.status(), 1, None, Some(error)),
     };
     if let Err(e) = mem.write_obj(status, status_addr) {
         // Checked above; guest memory does not shrink.
         return Answer {
             used_len: 0,
             status: None,
+            completed: None,
             error: Some(RequestError::Memory(e)),
         };
     }
     Answer {
         used_len,
         status: Some(status),
+        completed,
         error,
     }
 }
