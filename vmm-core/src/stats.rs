@@ -135,6 +135,31 @@ fn mean_micros(total_ns: u64, count: u64) -> f64 {
     }
 }
 
+/// Writes one table section: a title, a header, and `(label, count, total ns)` rows with the
+/// total and mean in µs.
+fn write_section(
+    out: &mut String,
+    title: &str,
+    label: &str,
+    width: usize,
+    rows: impl Iterator<Item = (String, u64, u64)>,
+) {
+    let _ = writeln!(out, "{title}");
+    let _ = writeln!(
+        out,
+        "  {label:<width$} {:>12} {:>14} {:>10}",
+        "count", "total µs", "mean µs"
+    );
+    for (name, count, total_ns) in rows {
+        let _ = writeln!(
+            out,
+            "  {name:<width$} {count:>12} {:>14.1} {:>10.2}",
+            micros(total_ns),
+            mean_micros(total_ns, count)
+        );
+    }
+}
+
 impl StatsSnapshot {
     /// The `--exit-stats` table: exits by reason, then accesses by device, each with count,
     /// total handling time and mean, in µs (rows with a zero count are left out); then, when
@@ -143,71 +168,45 @@ impl StatsSnapshot {
     /// per request, in µs.
     pub fn table(&self) -> String {
         let mut out = String::new();
-        let _ = writeln!(out, "VM exits by reason:");
-        let _ = writeln!(
-            out,
-            "  {:<16} {:>12} {:>14} {:>10}",
-            "reason", "count", "total µs", "mean µs"
+        let exits = self
+            .exits
+            .iter()
+            .filter(|e| e.count > 0)
+            .map(|e| (e.name.to_string(), e.count, e.total_ns));
+        write_section(&mut out, "VM exits by reason:", "reason", 16, exits);
+        let devices = self
+            .devices
+            .iter()
+            .filter(|d| d.accesses > 0)
+            .map(|d| (format!("{} {}", d.space, d.name), d.accesses, d.total_ns));
+        write_section(
+            &mut out,
+            "Device accesses (port I/O and MMIO exits) by device:",
+            "device",
+            22,
+            devices,
         );
-        for exit in self.exits.iter().filter(|e| e.count > 0) {
-            let _ = writeln!(
-                out,
-                "  {:<16} {:>12} {:>14.1} {:>10.2}",
-                exit.name,
-                exit.count,
-                micros(exit.total_ns),
-                mean_micros(exit.total_ns, exit.count)
-            );
-        }
-        let _ = writeln!(out, "Device accesses (port I/O and MMIO exits) by device:");
-        let _ = writeln!(
-            out,
-            "  {:<22} {:>12} {:>14} {:>10}",
-            "device", "count", "total µs", "mean µs"
-        );
-        for row in self.devices.iter().filter(|d| d.accesses > 0) {
-            let _ = writeln!(
-                out,
-                "  {:<22} {:>12} {:>14.1} {:>10.2}",
-                format!("{} {}", row.space, row.name),
-                row.accesses,
-                micros(row.total_ns),
-                mean_micros(row.total_ns, row.accesses)
-            );
-        }
         if !self.disks.is_empty() {
-            self.disk_table(&mut out);
+            let mut rows = Vec::new();
+            for disk in &self.disks {
+                let c = &disk.counts;
+                rows.push((format!("disk {}", disk.id), c.requests, c.request_ns_total));
+                if c.read_count > 0 {
+                    rows.push(("  reads".into(), c.read_count, c.read_agg.sum_ns));
+                }
+                if c.write_count > 0 {
+                    rows.push(("  writes".into(), c.write_count, c.write_agg.sum_ns));
+                }
+            }
+            write_section(
+                &mut out,
+                "Disk requests by disk (host time on the event loop):",
+                "disk",
+                22,
+                rows.into_iter(),
+            );
         }
         out
-    }
-
-    fn disk_table(&self, out: &mut String) {
-        let _ = writeln!(out, "Disk requests by disk (host time on the event loop):");
-        let _ = writeln!(
-            out,
-            "  {:<22} {:>12} {:>14} {:>10}",
-            "disk", "count", "total µs", "mean µs"
-        );
-        let mut row = |label: String, count: u64, total_ns: u64| {
-            let _ = writeln!(
-                out,
-                "  {:<22} {:>12} {:>14.1} {:>10.2}",
-                label,
-                count,
-                micros(total_ns),
-                mean_micros(total_ns, count)
-            );
-        };
-        for disk in &self.disks {
-            let c = &disk.counts;
-            row(format!("disk {}", disk.id), c.requests, c.request_ns_total);
-            if c.read_count > 0 {
-                row("  reads".into(), c.read_count, c.read_agg.sum_ns);
-            }
-            if c.write_count > 0 {
-                row("  writes".into(), c.write_count, c.write_agg.sum_ns);
-            }
-        }
     }
 
     /// The counters of all disks added up.
