@@ -68,6 +68,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "path=FILE[,readonly=on][,id=NAME]")]
     pub disk: Vec<DiskConfig>,
 
+    /// Attach a virtio-rng entropy device backed by the host's getrandom. Off by default:
+    /// it costs a little boot time and most guests seed from RDRAND/RDSEED.
+    #[arg(long)]
+    pub rng: bool,
+
     /// Also list virtio devices on the kernel command line as virtio_mmio.device=, for
     /// kernels built with VIRTIO_MMIO_CMDLINE_DEVICES (the ACPI DSDT always lists them).
     #[arg(long)]
@@ -99,6 +104,7 @@ impl RunArgs {
             cpu_features: self.cpu_features.clone(),
             console: self.console.clone(),
             disks: self.disk.clone(),
+            rng: self.rng,
             virtio_cmdline: self.virtio_cmdline,
             boot_timer: self.boot_timer,
             exit_stats: self.exit_stats,
@@ -176,6 +182,7 @@ mod tests {
             "debug",
             "--boot-timer",
             "--exit-stats",
+            "--rng",
             "--metrics",
             "/tmp/m.json",
         ])
@@ -189,7 +196,7 @@ mod tests {
         assert_eq!(config.cpu_features, "-cx16,-avx512f");
         assert_eq!(config.console, ConsoleConfig::File("/tmp/c.log".into()));
         assert_eq!(cli.log_level, LogLevel::Debug);
-        assert!(config.boot_timer && config.exit_stats);
+        assert!(config.boot_timer && config.exit_stats && config.rng);
         assert_eq!(config.metrics, Some(PathBuf::from("/tmp/m.json")));
     }
 

@@ -17,8 +17,9 @@
 //!
 //! - [`virtio`]: virtio 1.x devices behind a virtio-mmio (version 2) transport:
 //!   [`virtio::VirtioDevice`], [`virtio::mmio::MmioTransport`] (a [`BusDevice`] for the MMIO
-//!   bus), and [`virtio::block::Block`], a virtio-blk disk on a raw image whose I/O runs on
-//!   the VMM's event loop (`event-manager`), never on a vCPU thread. The module shows the
+//!   bus), [`virtio::block::Block`], a virtio-blk disk on a raw image whose I/O runs on
+//!   the VMM's event loop (`event-manager`), never on a vCPU thread, and
+//!   [`virtio::rng::Rng`], an entropy device fed by the host's `getrandom(2)`. The module shows the
 //!   wiring; the rust-vmm `virtio-device` crate is not published on crates.io, so the device
 //!   trait is petrel's own.
 //!

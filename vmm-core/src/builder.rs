@@ -166,6 +166,9 @@ pub fn build_vm(config: &VmConfig) -> Result<Vmm, BuildError> {
     log::debug!("attached the legacy devices");
     let mut virtio = VirtioDevices::new()?;
     virtio.attach_disks(&vm, &memory, &config.disks)?;
+    if config.rng {
+        virtio.attach_rng(&vm, &memory)?;
+    }
     let cmdline = kernel_cmdline(config, &virtio);
     let boot = load_linux_boot(&memory, &layout, &mut kernel, initrd.as_mut(), &cmdline).map_err(
         |source| BuildError::Boot {

@@ -12,6 +12,7 @@ use petrel_devices::virtio::block::{Block, BlockConfig, BlockError};
 use petrel_devices::virtio::mmio::{
     kernel_cmdline_entry, queue_notify_address, MmioError, MmioTransport, VIRTIO_MMIO_WINDOW,
 };
+use petrel_devices::virtio::rng::{Rng, RngError};
 use petrel_devices::virtio::VirtioDevice;
 use petrel_memory::allocator::{AllocatorError, ResourceAllocator};
 use petrel_memory::GuestMemoryMmap;
@@ -58,6 +59,9 @@ pub enum DeviceManagerError {
         #[source]
         source: BlockError,
     },
+    /// The entropy device could not be created.
+    #[error("cannot create the entropy device")]
+    Rng(#[source] RngError),
 }
 
 /// Registers virtio-mmio devices and remembers how to describe them to the guest.
@@ -169,5 +173,16 @@ impl VirtioDevices {
             self.disks.push(stats);
         }
         Ok(())
+    }
+
+    /// Attaches a virtio-rng entropy device backed by the host's `getrandom(2)`. Returns the
+    /// window's base address.
+    pub fn attach_rng(
+        &mut self,
+        vm: &KvmVm,
+        memory: &GuestMemoryMmap,
+    ) -> Result<u64, DeviceManagerError> {
+        let rng = Arc::new(Mutex::new(Rng::new().map_err(DeviceManagerError::Rng)?));
+        self.attach(vm, memory, rng.clone(), rng, "virtio-rng")
     }
 }

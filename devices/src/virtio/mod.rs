@@ -35,6 +35,7 @@
 //! # Devices
 //!
 //! - [`block`]: virtio-blk backed by a raw image file.
+//! - [`rng`]: virtio-rng (entropy) backed by the host's `getrandom(2)`.
 //!
 //! # Wiring a device into a VMM
 //!
@@ -91,6 +92,7 @@
 pub mod block;
 pub(crate) mod chain;
 pub mod mmio;
+pub mod rng;
 #[cfg(test)]
 pub(crate) mod test_utils;
 
@@ -106,6 +108,8 @@ use petrel_memory::GuestMemoryMmap;
 
 /// Device type of a block device (virtio 1.2, section 5).
 pub const TYPE_BLOCK: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
+/// Device type of an entropy source (virtio-rng; virtio 1.2, section 5).
+pub const TYPE_RNG: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_RNG;
 
 /// Device status bit: the guest has noticed the device.
 pub const STATUS_ACKNOWLEDGE: u32 = virtio_config::VIRTIO_CONFIG_S_ACKNOWLEDGE;

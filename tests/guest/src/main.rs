@@ -21,6 +21,7 @@ mod io;
 mod mem;
 mod out;
 mod power;
+mod rng;
 mod scenarios;
 mod smp;
 mod virtio;

@@ -37,6 +37,7 @@ pub fn run(name: &[u8], boot_params: u64, cmdline: &[u8], args: &Args) {
         b"blk-write" => crate::blk::write(boot_params, cmdline, args),
         b"blk-ids" => crate::blk::ids(boot_params, cmdline),
         b"blk-bench" => crate::blk::bench(boot_params, cmdline, args),
+        b"rng" => crate::rng::run(boot_params, cmdline),
         _ => {
             put(b"ERROR unknown scenario=");
             put_escaped(name);

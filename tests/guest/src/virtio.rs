@@ -75,6 +75,8 @@ impl Found {
 
 /// virtio device id 2.
 pub const DEVICE_BLOCK: u32 = 2;
+/// virtio device id 4 (entropy source).
+pub const DEVICE_RNG: u32 = 4;
 
 /// Adds `dev` to `list` (kept sorted by base address) or, if its base is already there, marks
 /// the existing entry with the new source.
