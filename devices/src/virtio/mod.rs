@@ -35,6 +35,7 @@
 //! # Devices
 //!
 //! - [`block`]: virtio-blk backed by a raw image file.
+//! - [`net`]: virtio-net backed by a host TAP device.
 //! - [`rng`]: virtio-rng (entropy) backed by the host's `getrandom(2)`.
 //!
 //! # Wiring a device into a VMM
@@ -92,6 +93,7 @@
 pub mod block;
 pub(crate) mod chain;
 pub mod mmio;
+pub mod net;
 pub mod rng;
 #[cfg(test)]
 pub(crate) mod test_utils;
@@ -108,6 +110,8 @@ use petrel_memory::GuestMemoryMmap;
 
 /// Device type of a block device (virtio 1.2, section 5).
 pub const TYPE_BLOCK: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
+/// Device type of a network card (virtio-net; virtio 1.2, section 5).
+pub const TYPE_NET: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_NET;
 /// Device type of an entropy source (virtio-rng; virtio 1.2, section 5).
 pub const TYPE_RNG: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_RNG;
 

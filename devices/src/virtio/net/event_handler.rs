@@ -1,0 +1,1080 @@
+//! The event-loop side of virtio-net: moving frames between the queues and the backend.
+//!
+//! [`Net`] is an `event-manager` `MutEventSubscriber`. It always watches its state-change
+//! eventfd; while active, both queue eventfds; and the backend's fd only while the receive
+//! path has somewhere to put a frame. A notification of the transmit queue sends every
+//! available chain; one of the receive queue (the driver posted buffers) resumes receiving.
+
+use std::io;
+use std::os::fd::AsRawFd;
+
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use thiserror::Error;
+use virtio_bindings::virtio_net as vn;
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+
+use super::device::{Active, Net, NetStats};
+use super::tap::NetBackend;
+use super::{MAX_TX_CHAIN, VNET_HDR_LEN};
+use crate::virtio::chain::{read_chain, Chain, ChainError};
+use crate::virtio::VirtioInterruptKind;
+use petrel_memory::GuestMemoryMmap;
+
+/// An Ethernet header: the shortest frame worth sending.
+const ETH_HDR_LEN: usize = 14;
+/// Frames received per event-loop turn; the backend's fd stays readable for the rest.
+const RX_BUDGET: usize = 64;
+/// `VIRTIO_NET_HDR_GSO_ECN`, a flag on `gso_type` (needs `HOST_ECN`, not offered).
+const GSO_ECN: u8 = vn::VIRTIO_NET_HDR_GSO_ECN as u8;
+
+/// Why a chain or a queue could not be served.
+#[derive(Debug, Error)]
+enum NetFault {
+    /// The available ring's index is not believable (the queue needs a reset).
+    #[error("cannot read the available ring")]
+    AvailRing(#[source] virtio_queue::Error),
+    /// The available ring names a chain head outside the queue (the queue needs a reset).
+    #[error("the available ring names a bad chain")]
+    Head(#[source] ChainError),
+    /// The used ring could not be written (the queue needs a reset).
+    #[error("cannot update the used ring")]
+    UsedRing(#[source] virtio_queue::Error),
+    /// The chain could not be followed to its end.
+    #[error("broken descriptor chain")]
+    Chain(#[source] ChainError),
+    /// A buffer goes the wrong way (writable on transmit, readable on receive).
+    #[error("descriptor {index} has the wrong direction")]
+    Direction {
+        /// The descriptor.
+        index: u16,
+    },
+    /// A buffer is not in guest memory.
+    #[error("descriptor {index} ({len} bytes at {addr:#x}) is outside guest memory")]
+    OutsideMemory {
+        /// The descriptor.
+        index: u16,
+        /// Its address.
+        addr: u64,
+        /// Its length.
+        len: u32,
+    },
+    /// A transmit chain is longer than a header and the largest frame.
+    #[error("transmit chain of {len} bytes is longer than {MAX_TX_CHAIN}")]
+    TooLong {
+        /// Its length.
+        len: u64,
+    },
+    /// A transmit chain is shorter than a header and an Ethernet header.
+    #[error("transmit chain of {len} bytes is too short for a frame")]
+    TooShort {
+        /// Its length.
+        len: usize,
+    },
+    /// A receive chain has no writable byte.
+    #[error("receive chain {head} has no writable byte")]
+    Empty {
+        /// Its head.
+        head: u16,
+    },
+    /// The guest's vnet header is malformed.
+    #[error("malformed vnet header: {0}")]
+    Header(&'static str),
+    /// The backend refused the frame.
+    #[error("the backend refused the frame")]
+    Backend(#[source] io::Error),
+}
+
+/// An error and its sources, on one line.
+fn describe(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Logs a guest mistake: the first at warning level, the rest at debug level.
+fn log_bad(count: u64, fault: &NetFault) {
+    if count == 1 {
+        log::warn!(
+            "virtio-net: bad request from the guest: {}; further ones are logged at debug level",
+            describe(fault)
+        );
+    } else {
+        log::debug!("virtio-net: bad request: {}", describe(fault));
+    }
+}
+
+/// The head of the next available chain, if any.
+fn next_head(queue: &mut Queue, mem: &GuestMemoryMmap) -> Result<Option<u16>, NetFault> {
+    let mut available = queue.iter(mem).map_err(NetFault::AvailRing)?;
+    Ok(available.next().map(|chain| chain.head_index()))
+}
+
+/// The next available chain, copied out of the descriptor table.
+fn next_chain(queue: &mut Queue, mem: &GuestMemoryMmap) -> Result<Option<Chain>, NetFault> {
+    let Some(head) = next_head(queue, mem)? else {
+        return Ok(None);
+    };
+    let chain = read_chain(mem, GuestAddress(queue.desc_table()), queue.size(), head);
+    if let Some(error @ ChainError::HeadOutOfRange { .. }) = chain.error {
+        return Err(NetFault::Head(error));
+    }
+    Ok(Some(chain))
+}
+
+/// Whether the driver has made a chain available, without taking it.
+fn has_available(queue: &mut Queue, mem: &GuestMemoryMmap) -> Result<bool, NetFault> {
+    let start = queue.next_avail();
+    let found = next_head(queue, mem)?.is_some();
+    queue.set_next_avail(start);
+    Ok(found)
+}
+
+/// Checks the header the guest put in front of a frame of `frame_len` bytes, against the
+/// features it accepted (virtio 1.2 section 5.1.6.2).
+fn check_tx_header(hdr: &[u8], frame_len: usize, features: u64) -> Result<(), NetFault> {
+    let has = |f: u32| features & (1 << f) != 0;
+    let flags = hdr[0];
+    let gso_type = hdr[1];
+    let hdr_len = usize::from(u16::from_le_bytes([hdr[2], hdr[3]]));
+    let gso_size = u16::from_le_bytes([hdr[4], hdr[5]]);
+    let csum_start = usize::from(u16::from_le_bytes([hdr[6], hdr[7]]));
+    let csum_offset = usize::from(u16::from_le_bytes([hdr[8], hdr[9]]));
+    let needs_csum = flags & vn::VIRTIO_NET_HDR_F_NEEDS_CSUM as u8 != 0;
+    if flags & !(vn::VIRTIO_NET_HDR_F_NEEDS_CSUM as u8) != 0 {
+        return Err(NetFault::Header("flags other than NEEDS_CSUM"));
+    }
+    if needs_csum {
+        if !has(vn::VIRTIO_NET_F_CSUM) {
+            return Err(NetFault::Header("checksum offload was not negotiated"));
+        }
+        if csum_start + csum_offset + 2 > frame_len {
+            return Err(NetFault::Header("checksum offsets past the frame"));
+        }
+    }
+    if gso_type & GSO_ECN != 0 {
+        return Err(NetFault::Header("ECN was not negotiated"));
+    }
+    let feature = match u32::from(gso_type) {
+        vn::VIRTIO_NET_HDR_GSO_NONE => return Ok(()),
+        vn::VIRTIO_NET_HDR_GSO_TCPV4 => vn::VIRTIO_NET_F_HOST_TSO4,
+        vn::VIRTIO_NET_HDR_GSO_TCPV6 => vn::VIRTIO_NET_F_HOST_TSO6,
+        vn::VIRTIO_NET_HDR_GSO_UDP => vn::VIRTIO_NET_F_HOST_UFO,
+        _ => return Err(NetFault::Header("unknown gso_type")),
+    };
+    if !has(feature) {
+        return Err(NetFault::Header("segmentation offload was not negotiated"));
+    }
+    if !needs_csum {
+        return Err(NetFault::Header("segmentation offload without NEEDS_CSUM"));
+    }
+    if gso_size == 0 {
+        return Err(NetFault::Header("segmentation offload with gso_size 0"));
+    }
+    if hdr_len > frame_len {
+        return Err(NetFault::Header("hdr_len past the frame"));
+    }
+    Ok(())
+}
+
+/// Copies a transmit chain (header and frame) into `buf` and checks it.
+fn gather_tx(
+    mem: &GuestMemoryMmap,
+    chain: &Chain,
+    features: u64,
+    buf: &mut Vec<u8>,
+) -> Result<(), NetFault> {
+    if let Some(error) = chain.error {
+        return Err(NetFault::Chain(error));
+    }
+    let mut total: u64 = 0;
+    for desc in &chain.descriptors {
+        if desc.writable {
+            return Err(NetFault::Direction { index: desc.index });
+        }
+        total += u64::from(desc.len);
+        if total > MAX_TX_CHAIN as u64 {
+            return Err(NetFault::TooLong { len: total });
+        }
+    }
+    buf.clear();
+    for desc in chain.descriptors.iter().filter(|d| d.len > 0) {
+        let start = buf.len();
+        buf.resize(start + desc.len as usize, 0);
+        mem.read_slice(&mut buf[start..], GuestAddress(desc.addr))
+            .map_err(|_| NetFault::OutsideMemory {
+                index: desc.index,
+                addr: desc.addr,
+                len: desc.len,
+            })?;
+    }
+    if buf.len() < VNET_HDR_LEN + ETH_HDR_LEN {
+        return Err(NetFault::TooShort { len: buf.len() });
+    }
+    check_tx_header(&buf[..VNET_HDR_LEN], buf.len() - VNET_HDR_LEN, features)
+}
+
+/// The writable buffers of a receive chain, checked, and their total size.
+fn rx_buffers(mem: &GuestMemoryMmap, chain: &Chain) -> Result<(Vec<(u64, u32)>, u64), NetFault> {
+    if let Some(error) = chain.error {
+        return Err(NetFault::Chain(error));
+    }
+    let mut buffers = Vec::with_capacity(chain.descriptors.len());
+    let mut total = 0u64;
+    for desc in &chain.descriptors {
+        if !desc.writable {
+            return Err(NetFault::Direction { index: desc.index });
+        }
+        if desc.len == 0 {
+            continue;
+        }
+        if !mem.check_range(GuestAddress(desc.addr), desc.len as usize) {
+            return Err(NetFault::OutsideMemory {
+                index: desc.index,
+                addr: desc.addr,
+                len: desc.len,
+            });
+        }
+        buffers.push((desc.addr, desc.len));
+        total += u64::from(desc.len);
+    }
+    if total == 0 {
+        return Err(NetFault::Empty { head: chain.head });
+    }
+    Ok((buffers, total))
+}
+
+/// What happened to a received frame.
+enum Delivery {
+    /// In the guest's buffers.
+    Delivered,
+    /// It cannot fit; it is gone.
+    Dropped,
+    /// It could fit once the driver posts more buffers; it stays pending.
+    NeedBuffers,
+}
+
+/// Puts the frame `frame` (header first) in the receive queue: one chain, or with
+/// `mergeable` as many as needed. Bad chains met on the way complete with used length 0
+/// (counted in `stats`); `used` tells whether anything went to the used ring.
+fn deliver(
+    mem: &GuestMemoryMmap,
+    queue: &mut Queue,
+    frame: &mut [u8],
+    mergeable: bool,
+    stats: &mut NetStats,
+    used: &mut bool,
+) -> Result<Delivery, NetFault> {
+    let mut start = queue.next_avail();
+    let mut chains: Vec<(u16, Vec<(u64, u32)>)> = Vec::new();
+    let mut capacity = 0u64;
+    let needed = frame.len() as u64;
+    loop {
+        let Some(chain) = next_chain(queue, mem)? else {
+            let full = chains.len() >= usize::from(queue.size());
+            queue.set_next_avail(start);
+            return Ok(if full {
+                Delivery::Dropped
+            } else {
+                Delivery::NeedBuffers
+            });
+        };
+        let (buffers, size) = match rx_buffers(mem, &chain) {
+            Ok(found) => found,
+            Err(fault) => {
+                stats.rx_bad_chains += 1;
+                log_bad(stats.rx_bad_chains, &fault);
+                // Chains already taken for this frame complete empty with the bad one: the
+                // used entries of one frame must be consecutive.
+                for (head, _) in &chains {
+                    queue.add_used(mem, *head, 0).map_err(NetFault::UsedRing)?;
+                }
+                queue
+                    .add_used(mem, chain.head, 0)
+                    .map_err(NetFault::UsedRing)?;
+                *used = true;
+                if chains.is_empty() {
+                    start = queue.next_avail();
+                    continue;
+                }
+                return Ok(Delivery::Dropped);
+            }
+        };
+        chains.push((chain.head, buffers));
+        capacity += size;
+        if capacity >= needed {
+            break;
+        }
+        if !mergeable {
+            // One chain must hold the whole frame; it stays for a smaller one.
+            queue.set_next_avail(start);
+            return Ok(Delivery::Dropped);
+        }
+    }
+    let count = u16::try_from(chains.len()).unwrap_or(u16::MAX);
+    frame[10..12].copy_from_slice(&count.to_le_bytes());
+    let mut rest: &[u8] = frame;
+    for (head, buffers) in &chains {
+        let mut written = 0u32;
+        for &(addr, len) in buffers {
+            if rest.is_empty() {
+                break;
+            }
+            let n = rest.len().min(len as usize);
+            mem.write_slice(&rest[..n], GuestAddress(addr))
+                .map_err(|_| NetFault::OutsideMemory {
+                    index: *head,
+                    addr,
+                    len,
+                })?;
+            rest = &rest[n..];
+            written += n as u32;
+        }
+        queue
+            .add_used(mem, *head, written)
+            .map_err(NetFault::UsedRing)?;
+    }
+    *used = true;
+    Ok(Delivery::Delivered)
+}
+
+impl<B: NetBackend> Net<B> {
+    /// Raises the queue interrupt if the driver wants it.
+    fn interrupt(active: &mut Active, rx: bool, errors: &crate::report::ErrorLog) {
+        let queue = if rx { &mut active.rx } else { &mut active.tx };
+        if queue.needs_notification(&active.mem).unwrap_or(true) {
+            match active.interrupt.trigger(VirtioInterruptKind::Queue) {
+                Ok(()) => errors.succeeded(),
+                Err(e) => errors.failed(&e),
+            }
+        }
+    }
+
+    /// Marks the queues broken after a queue fault.
+    fn break_queues(&mut self, fault: &NetFault) {
+        if let Some(active) = self.active.as_mut() {
+            log::warn!("virtio-net: {}; the device needs a reset", describe(fault));
+            active.broken = true;
+            if let Err(e) = active.interrupt.set_needs_reset() {
+                self.interrupt_errors.failed(&e);
+            }
+        }
+        self.rx_wants_backend = false;
+    }
+
+    /// Sends every chain of the transmit queue to the backend (one queue's worth per call).
+    pub(crate) fn process_tx(&mut self) {
+        let Some(active) = self.active.as_mut() else {
+            return;
+        };
+        if active.broken || !active.tx.ready() {
+            return;
+        }
+        let features = self.acked_features;
+        let mut completed = 0usize;
+        let budget = usize::from(active.tx.size());
+        let result = (|| -> Result<(), NetFault> {
+            loop {
+                active
+                    .tx
+                    .disable_notification(&active.mem)
+                    .map_err(NetFault::UsedRing)?;
+                while let Some(chain) = next_chain(&mut active.tx, &active.mem)? {
+                    let outcome = gather_tx(&active.mem, &chain, features, &mut self.tx_buf)
+                        .and_then(|()| {
+                            self.backend
+                                .write_frame(&[&self.tx_buf])
+                                .map_err(NetFault::Backend)
+                        });
+                    active
+                        .tx
+                        .add_used(&active.mem, chain.head, 0)
+                        .map_err(NetFault::UsedRing)?;
+                    completed += 1;
+                    match outcome {
+                        Ok(_) => {
+                            self.stats.tx_frames += 1;
+                            self.stats.tx_bytes += (self.tx_buf.len() - VNET_HDR_LEN) as u64;
+                            self.backend_errors.succeeded();
+                        }
+                        Err(fault) => {
+                            self.stats.tx_dropped += 1;
+                            if let NetFault::Backend(e) = &fault {
+                                self.backend_errors.failed(e);
+                            } else {
+                                log_bad(self.stats.tx_dropped, &fault);
+                            }
+                        }
+                    }
+                    if completed >= budget {
+                        active
+                            .tx
+                            .enable_notification(&active.mem)
+                            .map_err(NetFault::UsedRing)?;
+                        // Come back after the rest of the event loop had a turn.
+                        let _ = active.tx_notify.write(1);
+                        return Ok(());
+                    }
+                }
+                if !active
+                    .tx
+                    .enable_notification(&active.mem)
+                    .map_err(NetFault::UsedRing)?
+                {
+                    return Ok(());
+                }
+            }
+        })();
+        if completed > 0 {
+            Self::interrupt(active, false, &self.interrupt_errors);
+        }
+        if let Err(fault) = result {
+            self.break_queues(&fault);
+        }
+    }
+
+    /// Moves frames from the backend into the receive queue while both have some. Stops
+    /// watching the backend when the receive queue runs out of buffers.
+    pub(crate) fn process_rx(&mut self) {
+        let mergeable = self.has_feature(vn::VIRTIO_NET_F_MRG_RXBUF);
+        let Some(active) = self.active.as_mut() else {
+            return;
+        };
+        if active.broken || !active.rx.ready() {
+            self.rx_wants_backend = false;
+            return;
+        }
+        let mut used = false;
+        let result = (|| -> Result<(), NetFault> {
+            for _ in 0..RX_BUDGET {
+                let len = match self.rx_pending {
+                    Some(len) => len,
+                    None => {
+                        if !has_available(&mut active.rx, &active.mem)? {
+                            // Wait for the driver's next notification of the receive queue.
+                            self.rx_wants_backend = false;
+                            return Ok(());
+                        }
+                        match self.backend.read_frame(&mut self.rx_buf) {
+                            Ok(len)
+                                if !(VNET_HDR_LEN + ETH_HDR_LEN..=MAX_TX_CHAIN).contains(&len) =>
+                            {
+                                self.stats.rx_dropped += 1;
+                                continue;
+                            }
+                            Ok(len) => {
+                                self.backend_errors.succeeded();
+                                len
+                            }
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                                self.rx_wants_backend = true;
+                                return Ok(());
+                            }
+                            Err(e) => {
+                                // Retried on the next receive-queue notification, not in a loop.
+                                self.backend_errors.failed(&e);
+                                self.rx_wants_backend = false;
+                                return Ok(());
+                            }
+                        }
+                    }
+                };
+                self.rx_pending = Some(len);
+                let frame = &mut self.rx_buf[..len];
+                match deliver(
+                    &active.mem,
+                    &mut active.rx,
+                    frame,
+                    mergeable,
+                    &mut self.stats,
+                    &mut used,
+                )? {
+                    Delivery::Delivered => {
+                        self.stats.rx_frames += 1;
+                        self.stats.rx_bytes += (len - VNET_HDR_LEN) as u64;
+                    }
+                    Delivery::Dropped => {
+                        self.stats.rx_dropped += 1;
+                        log::debug!("virtio-net: dropped a {len}-byte frame that does not fit");
+                    }
+                    Delivery::NeedBuffers => {
+                        self.rx_wants_backend = false;
+                        return Ok(());
+                    }
+                }
+                self.rx_pending = None;
+            }
+            // The backend's fd stays readable; the event loop comes back.
+            self.rx_wants_backend = true;
+            Ok(())
+        })();
+        if used {
+            Self::interrupt(active, true, &self.interrupt_errors);
+        }
+        if let Err(fault) = result {
+            self.break_queues(&fault);
+        }
+    }
+
+    /// Watches the current queue eventfds, and only them.
+    fn sync_queue_watch(&mut self, ops: &mut EventOps) {
+        let current = self.active.as_ref().map(|_| self.activations);
+        if self.watched.as_ref().map(|(activation, ..)| *activation) == current {
+            return;
+        }
+        if let Some((_, rx, tx)) = self.watched.take() {
+            for event in [rx, tx] {
+                if let Err(e) = ops.remove(Events::new(&event, EventSet::IN)) {
+                    log::debug!("virtio-net: cannot stop watching an old queue eventfd: {e:?}");
+                }
+            }
+        }
+        let Some(active) = self.active.as_ref() else {
+            return;
+        };
+        let watch = |event: &vmm_sys_util::eventfd::EventFd, ops: &mut EventOps| {
+            let event = event.try_clone().map_err(|e| format!("{e}"))?;
+            ops.add(Events::new(&event, EventSet::IN))
+                .map_err(|e| format!("{e:?}"))?;
+            Ok::<_, String>(event)
+        };
+        let rx = watch(&active.rx_notify, ops);
+        let tx = watch(&active.tx_notify, ops);
+        match (rx, tx) {
+            (Ok(rx), Ok(tx)) => self.watched = Some((self.activations, rx, tx)),
+            (rx, tx) => {
+                let error = rx.err().or(tx.err()).unwrap_or_default();
+                self.break_queues(&NetFault::Backend(io::Error::other(format!(
+                    "cannot watch the queues: {error}"
+                ))));
+            }
+        }
+    }
+
+    /// Watches the backend's fd exactly when the receive path wants frames.
+    fn sync_backend_watch(&mut self, ops: &mut EventOps) {
+        let want = self.rx_wants_backend
+            && self
+                .active
+                .as_ref()
+                .is_some_and(|a| !a.broken && a.rx.ready());
+        if want == self.backend_watched {
+            return;
+        }
+        let events = Events::new_raw(self.backend.raw_fd(), EventSet::IN);
+        let result = if want {
+            ops.add(events)
+        } else {
+            ops.remove(events)
+        };
+        match result {
+            Ok(()) => self.backend_watched = want,
+            Err(e) => log::warn!(
+                "virtio-net {}: cannot {} the backend: {e:?}",
+                self.backend.name(),
+                if want { "watch" } else { "stop watching" }
+            ),
+        }
+    }
+}
+
+impl<B: NetBackend> MutEventSubscriber for Net<B> {
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.state_changed, EventSet::IN)) {
+            log::error!(
+                "virtio-net: cannot watch the device's eventfd, the device will not work: {e:?}"
+            );
+            return;
+        }
+        self.sync_queue_watch(ops);
+        self.process_tx();
+        self.process_rx();
+        self.sync_backend_watch(ops);
+    }
+
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        let fd = events.fd();
+        let watched = self
+            .watched
+            .as_ref()
+            .map(|(_, rx, tx)| (rx.as_raw_fd(), tx.as_raw_fd()));
+        if fd == self.state_changed.as_raw_fd() {
+            // EAGAIN only means the counter was already read.
+            let _ = self.state_changed.read();
+            self.sync_queue_watch(ops);
+            self.process_tx();
+            self.process_rx();
+        } else if watched.is_some_and(|(rx, _)| rx == fd) {
+            if let Some((_, rx, _)) = self.watched.as_ref() {
+                let _ = rx.read();
+            }
+            self.rx_wants_backend = true;
+            self.process_rx();
+        } else if watched.is_some_and(|(_, tx)| tx == fd) {
+            if let Some((_, _, tx)) = self.watched.as_ref() {
+                let _ = tx.read();
+            }
+            self.process_tx();
+        } else if self.backend_watched && fd == self.backend.raw_fd() {
+            self.process_rx();
+        } else {
+            log::debug!("virtio-net: event on fd {fd} it does not watch, dropped");
+            let _ = ops.remove(events);
+            return;
+        }
+        self.sync_backend_watch(ops);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use event_manager::{EventManager, SubscriberOps};
+    use vm_memory::Bytes;
+    use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+    use super::*;
+    use crate::virtio::chain::{DESC_F_NEXT, DESC_F_WRITE};
+    use crate::virtio::net::fake::{FakeBackend, Injector};
+    use crate::virtio::net::{MAX_FRAME_LEN, RX_QUEUE, TX_QUEUE};
+    use crate::virtio::test_utils::{
+        guest_memory, readable, writable, DriverQueue, RecordingInterrupt, HIGH_START, MEM_SIZE,
+    };
+    use crate::virtio::{ActiveQueue, VirtioDevice, FEATURE_VERSION_1};
+
+    const DATA: u64 = 0x10000;
+    const SIZE: u16 = 16;
+    const UNTOUCHED: u8 = 0xee;
+
+    fn f(n: u32) -> u64 {
+        1 << n
+    }
+
+    /// A header (as bytes) with the given fields, `num_buffers` 0.
+    fn header(flags: u8, gso_type: u8, hdr_len: u16, gso_size: u16, csum: (u16, u16)) -> Vec<u8> {
+        let mut h = vec![flags, gso_type];
+        for v in [hdr_len, gso_size, csum.0, csum.1, 0] {
+            h.extend_from_slice(&v.to_le_bytes());
+        }
+        h
+    }
+
+    /// A frame of `len` bytes after a plain header, with a recognisable pattern.
+    fn frame(len: usize, seed: u8) -> Vec<u8> {
+        let mut f = header(0, 0, 0, 0, (0, 0));
+        f.extend((0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)));
+        f
+    }
+
+    /// A network device over a fake backend, with only one queue live (the two queues'
+    /// rings share the test driver's addresses, so the other one is disabled).
+    struct Harness {
+        net: Net<FakeBackend>,
+        fake: Injector,
+        mem: GuestMemoryMmap,
+        driver: DriverQueue,
+        irq: Arc<RecordingInterrupt>,
+        completed: u16,
+    }
+
+    impl Harness {
+        fn new(features: u64, live: u16) -> Self {
+            let mem = guest_memory();
+            let backend = FakeBackend::new();
+            let fake = backend.injector();
+            let mut net = Net::new(backend, None).unwrap();
+            net.ack_features(features);
+            let driver = DriverQueue::new(&mem, SIZE);
+            let irq = Arc::new(RecordingInterrupt::default());
+            let queues = (0..2)
+                .map(|_| ActiveQueue {
+                    queue: driver.device_queue(),
+                    notify: EventFd::new(EFD_NONBLOCK).unwrap(),
+                })
+                .collect();
+            net.activate(mem.clone(), irq.clone(), queues).unwrap();
+            net.disable_queue(if live == RX_QUEUE { TX_QUEUE } else { RX_QUEUE });
+            Self {
+                net,
+                fake,
+                mem,
+                driver,
+                irq,
+                completed: 0,
+            }
+        }
+
+        fn put(&self, addr: u64, bytes: &[u8]) {
+            self.mem.write_slice(bytes, GuestAddress(addr)).unwrap();
+        }
+
+        fn guest_bytes(&self, addr: u64, len: usize) -> Vec<u8> {
+            let mut bytes = vec![0; len];
+            self.mem.read_slice(&mut bytes, GuestAddress(addr)).unwrap();
+            bytes
+        }
+
+        fn sent(&self) -> Vec<Vec<u8>> {
+            std::mem::take(&mut self.fake.state.lock().unwrap().tx)
+        }
+
+        /// Sends `bufs` as one transmit chain; checks it completed with used length 0.
+        fn transmit(&mut self, bufs: &[crate::virtio::test_utils::Buf]) {
+            let head = self.driver.add_chain(bufs);
+            self.net.process_tx();
+            assert_eq!(self.driver.used_idx(), self.completed + 1, "one completion");
+            assert_eq!(self.driver.used(self.completed), (u32::from(head), 0));
+            self.completed += 1;
+        }
+
+        /// Sends a valid frame and checks it arrives.
+        fn assert_tx_works(&mut self) {
+            let good = frame(100, 7);
+            self.put(DATA, &good);
+            self.transmit(&[readable(DATA, good.len() as u32)]);
+            assert_eq!(self.sent(), [good]);
+        }
+    }
+
+    #[test]
+    fn a_transmitted_frame_arrives_byte_exact() {
+        let mut h = Harness::new(FEATURE_VERSION_1, TX_QUEUE);
+        let sent = frame(1500, 1);
+        // Header alone, then the frame split over two buffers in two RAM regions.
+        h.put(DATA, &sent[..12]);
+        h.put(DATA + 0x1000, &sent[12..700]);
+        h.put(HIGH_START, &sent[700..]);
+        h.transmit(&[
+            readable(DATA, 12),
+            readable(DATA + 0x1000, 688),
+            readable(HIGH_START, 812),
+        ]);
+        assert_eq!(h.sent(), [sent]);
+        assert_eq!(h.irq.counts(), (1, 0, 0));
+        let stats = h.net.stats();
+        assert_eq!(
+            (stats.tx_frames, stats.tx_bytes, stats.tx_dropped),
+            (1, 1500, 0)
+        );
+    }
+
+    #[test]
+    fn oversized_transmit_chains_are_dropped() {
+        let mut h = Harness::new(FEATURE_VERSION_1, TX_QUEUE);
+        // Exactly the limit goes through...
+        let big = frame(MAX_FRAME_LEN, 3);
+        h.put(DATA, &big);
+        h.transmit(&[
+            readable(DATA, 40_000),
+            readable(DATA + 40_000, (big.len() - 40_000) as u32),
+        ]);
+        assert_eq!(h.sent(), [big]);
+        // ...one byte more does not, nor a chain whose lengths add up past u32.
+        h.transmit(&[readable(DATA, 40_000), readable(DATA + 40_000, 25_563)]);
+        h.transmit(&[readable(DATA, u32::MAX), readable(DATA, u32::MAX)]);
+        assert!(h.sent().is_empty());
+        assert_eq!(h.net.stats().tx_dropped, 2);
+        h.assert_tx_works();
+    }
+
+    #[test]
+    fn transmit_chains_with_writable_or_outside_buffers_complete_empty() {
+        let mut h = Harness::new(FEATURE_VERSION_1, TX_QUEUE);
+        let good = frame(100, 9);
+        h.put(DATA, &good);
+        h.transmit(&[readable(DATA, 12), writable(DATA + 12, 100)]);
+        // A buffer that runs from the end of low RAM into the hole, one in the hole, one
+        // that wraps.
+        h.transmit(&[readable(DATA, 12), readable(MEM_SIZE - 16, 100)]);
+        h.transmit(&[readable(MEM_SIZE + 0x1000, 112)]);
+        h.transmit(&[readable(u64::MAX - 7, 112)]);
+        // A loop, and a chain too short to hold a frame.
+        h.driver.write_descriptor(0, DATA, 64, DESC_F_NEXT, 1);
+        h.driver.write_descriptor(1, DATA, 64, DESC_F_NEXT, 0);
+        h.driver.publish(0);
+        h.net.process_tx();
+        assert_eq!(h.driver.used(h.completed), (0, 0));
+        h.completed += 1;
+        h.transmit(&[readable(DATA, 20)]);
+        assert!(h.sent().is_empty());
+        assert_eq!(h.net.stats().tx_dropped, 6);
+        assert_eq!(h.irq.counts().2, 0, "no reset needed");
+        h.assert_tx_works();
+    }
+
+    #[test]
+    fn malformed_vnet_headers_are_dropped() {
+        let offloads = FEATURE_VERSION_1
+            | f(vn::VIRTIO_NET_F_CSUM)
+            | f(vn::VIRTIO_NET_F_HOST_TSO4)
+            | f(vn::VIRTIO_NET_F_HOST_UFO);
+        let mut h = Harness::new(offloads, TX_QUEUE);
+        let payload = vec![0x5a; 200];
+        let send = |h: &mut Harness, hdr: Vec<u8>| {
+            let mut bytes = hdr;
+            bytes.extend_from_slice(&payload);
+            h.put(DATA, &bytes);
+            h.transmit(&[readable(DATA, bytes.len() as u32)]);
+            bytes
+        };
+        let csum = 1u8; // NEEDS_CSUM
+        let tcp4 = vn::VIRTIO_NET_HDR_GSO_TCPV4 as u8;
+        let bad = [
+            header(2, 0, 0, 0, (0, 0)),    // DATA_VALID is device-to-driver only
+            header(0x80, 0, 0, 0, (0, 0)), // unknown flag
+            header(0, 9, 0, 0, (0, 0)),    // unknown gso_type
+            header(csum, tcp4 | 0x80, 54, 1448, (34, 16)), // ECN not negotiated
+            header(csum, vn::VIRTIO_NET_HDR_GSO_TCPV6 as u8, 54, 1448, (34, 16)), // not negotiated
+            header(csum, tcp4, 201, 1448, (34, 16)), // hdr_len past the frame
+            header(csum, tcp4, 54, 0, (34, 16)), // gso_size 0
+            header(0, tcp4, 54, 1448, (0, 0)), // GSO without NEEDS_CSUM
+            header(csum, 0, 0, 0, (190, 9)), // checksum past the frame
+        ];
+        for hdr in bad {
+            send(&mut h, hdr);
+        }
+        assert!(h.sent().is_empty());
+        assert_eq!(h.net.stats().tx_dropped, 9);
+        // Well-formed offload requests go through as they are.
+        let ok = send(&mut h, header(csum, tcp4, 54, 1448, (34, 16)));
+        let ok2 = send(&mut h, header(csum, 0, 0, 0, (34, 6)));
+        assert_eq!(h.sent(), [ok, ok2]);
+        // Without CSUM negotiated, NEEDS_CSUM is refused.
+        let mut h = Harness::new(FEATURE_VERSION_1, TX_QUEUE);
+        let mut bytes = header(csum, 0, 0, 0, (34, 6));
+        bytes.extend_from_slice(&payload);
+        h.put(DATA, &bytes);
+        h.transmit(&[readable(DATA, bytes.len() as u32)]);
+        assert!(h.sent().is_empty());
+        h.assert_tx_works();
+    }
+
+    #[test]
+    fn a_full_transmit_ring_yields_and_continues() {
+        let mut h = Harness::new(FEATURE_VERSION_1, TX_QUEUE);
+        let good = frame(60, 1);
+        h.put(DATA, &good);
+        for _ in 0..SIZE {
+            h.driver.add_chain(&[readable(DATA, good.len() as u32)]);
+        }
+        h.net.process_tx();
+        assert_eq!(h.driver.used_idx(), SIZE);
+        assert_eq!(h.sent().len(), usize::from(SIZE));
+        assert_eq!(h.irq.counts(), (1, 0, 0), "one interrupt for the batch");
+        let tx_notify = &h.net.active.as_ref().unwrap().tx_notify;
+        assert_eq!(
+            tx_notify.read().unwrap(),
+            1,
+            "the device asked to run again"
+        );
+    }
+
+    #[test]
+    fn a_received_frame_arrives_byte_exact() {
+        let mut h = Harness::new(FEATURE_VERSION_1, RX_QUEUE);
+        h.put(DATA, &[UNTOUCHED; 0x2000]);
+        let head = h
+            .driver
+            .add_chain(&[writable(DATA, 1000), writable(DATA + 0x1000, 1000)]);
+        let sent = frame(1400, 5);
+        h.fake.inject(sent.clone());
+        h.net.process_rx();
+        assert_eq!(h.driver.used_idx(), 1);
+        assert_eq!(h.driver.used(0), (u32::from(head), 1412));
+        let mut want = sent;
+        want[10] = 1; // num_buffers
+        let mut got = h.guest_bytes(DATA, 1000);
+        got.extend(h.guest_bytes(DATA + 0x1000, 412));
+        assert_eq!(got, want);
+        assert_eq!(h.guest_bytes(DATA + 0x1000 + 412, 16), [UNTOUCHED; 16]);
+        assert_eq!(h.irq.counts(), (1, 0, 0));
+        let stats = h.net.stats();
+        assert_eq!(
+            (stats.rx_frames, stats.rx_bytes, stats.rx_dropped),
+            (1, 1400, 0)
+        );
+        // The ring is empty now: the device stops asking for frames.
+        assert!(!h.net.rx_wants_backend);
+    }
+
+    #[test]
+    fn mergeable_buffers_spread_a_frame_over_chains() {
+        let mut h = Harness::new(FEATURE_VERSION_1 | f(vn::VIRTIO_NET_F_MRG_RXBUF), RX_QUEUE);
+        let heads: Vec<u16> = (0..4)
+            .map(|i| h.driver.add_chain(&[writable(DATA + i * 0x1000, 500)]))
+            .collect();
+        let sent = frame(1200, 2);
+        h.fake.inject(sent.clone());
+        h.net.process_rx();
+        assert_eq!(h.driver.used_idx(), 3);
+        assert_eq!(h.driver.used(0), (u32::from(heads[0]), 500));
+        assert_eq!(h.driver.used(1), (u32::from(heads[1]), 500));
+        assert_eq!(h.driver.used(2), (u32::from(heads[2]), 212));
+        let mut got = h.guest_bytes(DATA, 500);
+        got.extend(h.guest_bytes(DATA + 0x1000, 500));
+        got.extend(h.guest_bytes(DATA + 0x2000, 212));
+        assert_eq!(u16::from_le_bytes([got[10], got[11]]), 3, "num_buffers");
+        let mut want = sent;
+        want[10] = 3;
+        assert_eq!(got, want);
+        // The fourth chain takes the next frame.
+        h.fake.inject(frame(100, 3));
+        h.net.process_rx();
+        assert_eq!(h.driver.used(3), (u32::from(heads[3]), 112));
+        assert_eq!(h.guest_bytes(DATA + 0x3000 + 10, 2), [1, 0]);
+    }
+
+    #[test]
+    fn a_frame_waits_for_enough_mergeable_buffers() {
+        let mut h = Harness::new(FEATURE_VERSION_1 | f(vn::VIRTIO_NET_F_MRG_RXBUF), RX_QUEUE);
+        h.driver.add_chain(&[writable(DATA, 500)]);
+        h.fake.inject(frame(800, 4));
+        h.net.process_rx();
+        assert_eq!(h.driver.used_idx(), 0, "not delivered truncated");
+        assert!(h.net.rx_pending.is_some() && !h.net.rx_wants_backend);
+        h.driver.add_chain(&[writable(DATA + 0x1000, 500)]);
+        h.net.process_rx();
+        assert_eq!(h.driver.used_idx(), 2);
+        assert_eq!((h.driver.used(0).1, h.driver.used(1).1), (500, 312));
+        assert_eq!(h.net.stats().rx_frames, 1);
+    }
+
+    #[test]
+    fn a_frame_too_big_for_the_buffer_is_dropped_not_truncated() {
+        let mut h = Harness::new(FEATURE_VERSION_1, RX_QUEUE);
+        h.put(DATA, &[UNTOUCHED; 0x1000]);
+        let head = h.driver.add_chain(&[writable(DATA, 1000)]);
+        h.fake.inject(frame(1500, 1));
+        let small = frame(200, 8);
+        h.fake.inject(small.clone());
+        h.net.process_rx();
+        // The big frame is gone; the buffer took the small one.
+        assert_eq!(h.driver.used_idx(), 1);
+        assert_eq!(h.driver.used(0), (u32::from(head), 212));
+        let mut want = small;
+        want[10] = 1;
+        assert_eq!(h.guest_bytes(DATA, 212), want);
+        let stats = h.net.stats();
+        assert_eq!((stats.rx_frames, stats.rx_dropped), (1, 1));
+    }
+
+    #[test]
+    fn bad_receive_chains_complete_empty_and_the_frame_goes_on() {
+        let mut h = Harness::new(FEATURE_VERSION_1, RX_QUEUE);
+        h.put(DATA, &[UNTOUCHED; 0x1000]);
+        let bad1 = h.driver.add_chain(&[readable(DATA, 2000)]);
+        let bad2 = h.driver.add_chain(&[writable(MEM_SIZE - 100, 2000)]);
+        h.driver
+            .write_descriptor(5, DATA, 2000, DESC_F_NEXT | DESC_F_WRITE, 5);
+        h.driver.publish(5);
+        let good = h.driver.add_chain(&[writable(DATA + 0x2000, 2000)]);
+        let sent = frame(300, 6);
+        h.fake.inject(sent.clone());
+        h.net.process_rx();
+        assert_eq!(h.driver.used_idx(), 4);
+        assert_eq!(h.driver.used(0), (u32::from(bad1), 0));
+        assert_eq!(h.driver.used(1), (u32::from(bad2), 0));
+        assert_eq!(h.driver.used(2), (5, 0));
+        assert_eq!(h.driver.used(3), (u32::from(good), 312));
+        assert_eq!(h.guest_bytes(DATA, 16), [UNTOUCHED; 16]);
+        assert_eq!(h.guest_bytes(DATA + 0x2000 + 12, 300), sent[12..]);
+        assert_eq!(h.net.stats().rx_bad_chains, 3);
+        assert_eq!(h.irq.counts(), (1, 0, 0));
+    }
+
+    #[test]
+    fn runt_and_oversized_frames_from_the_backend_are_dropped() {
+        let mut h = Harness::new(FEATURE_VERSION_1, RX_QUEUE);
+        h.driver.add_chain(&[writable(DATA, 2000)]);
+        h.fake.inject(vec![0; 5]);
+        h.fake.inject(frame(MAX_FRAME_LEN + 1, 1));
+        h.fake.inject(frame(60, 1));
+        h.net.process_rx();
+        assert_eq!(h.driver.used_idx(), 1);
+        assert_eq!(h.driver.used(0).1, 72);
+        assert_eq!(h.net.stats().rx_dropped, 2);
+    }
+
+    #[test]
+    fn queue_errors_need_a_reset() {
+        let mut h = Harness::new(FEATURE_VERSION_1, TX_QUEUE);
+        h.driver.set_avail_idx(SIZE + 1);
+        h.net.process_tx();
+        assert_eq!(h.irq.counts(), (0, 0, 1));
+        h.net.process_tx();
+        assert_eq!(h.irq.counts(), (0, 0, 1), "the queue is left alone");
+        let mut h = Harness::new(FEATURE_VERSION_1, RX_QUEUE);
+        h.driver.publish(SIZE + 3);
+        h.fake.inject(frame(60, 1));
+        h.net.process_rx();
+        assert_eq!(h.irq.counts(), (0, 0, 1));
+        assert!(!h.net.rx_wants_backend);
+    }
+
+    /// The event loop watches the backend only while the guest has posted receive buffers.
+    #[test]
+    fn without_receive_buffers_the_backend_is_not_polled() {
+        let backend = FakeBackend::new();
+        let fake = backend.injector();
+        let net = Arc::new(Mutex::new(Net::new(backend, None).unwrap()));
+        let mut manager: EventManager<Arc<Mutex<Net<FakeBackend>>>> = EventManager::new().unwrap();
+        manager.add_subscriber(net.clone());
+        let mem = guest_memory();
+        let mut driver = DriverQueue::new(&mem, SIZE);
+        let rx_notify = EventFd::new(EFD_NONBLOCK).unwrap();
+        let queues = vec![
+            ActiveQueue {
+                queue: driver.device_queue(),
+                notify: rx_notify.try_clone().unwrap(),
+            },
+            ActiveQueue {
+                queue: driver.device_queue(),
+                notify: EventFd::new(EFD_NONBLOCK).unwrap(),
+            },
+        ];
+        {
+            let mut net = net.lock().unwrap();
+            net.ack_features(FEATURE_VERSION_1);
+            let irq = Arc::new(RecordingInterrupt::default());
+            net.activate(mem.clone(), irq, queues).unwrap();
+            net.disable_queue(TX_QUEUE);
+        }
+        assert_eq!(manager.run_with_timeout(100).unwrap(), 1, "activation");
+        // A frame waits, the backend fd is readable, but there is no buffer: nothing runs.
+        fake.inject(frame(60, 1));
+        for _ in 0..3 {
+            assert_eq!(manager.run_with_timeout(20).unwrap(), 0);
+        }
+        assert_eq!(
+            fake.state.lock().unwrap().reads,
+            0,
+            "the backend was not polled"
+        );
+        // The driver posts a buffer and notifies: the frame is delivered.
+        driver.add_chain(&[writable(DATA, 2000)]);
+        rx_notify.write(1).unwrap();
+        assert_eq!(manager.run_with_timeout(100).unwrap(), 1);
+        assert_eq!(driver.used_idx(), 1);
+        assert_eq!(driver.used(0).1, 72);
+        // With a buffer posted, a new frame is picked up when the backend becomes readable.
+        driver.add_chain(&[writable(DATA + 0x1000, 2000)]);
+        rx_notify.write(1).unwrap();
+        assert_eq!(manager.run_with_timeout(100).unwrap(), 1);
+        assert!(net.lock().unwrap().backend_watched);
+        fake.inject(frame(80, 2));
+        assert_eq!(manager.run_with_timeout(100).unwrap(), 1);
+        assert_eq!(driver.used_idx(), 2);
+        assert_eq!(driver.used(1).1, 92);
+        // Out of buffers again: the backend is no longer watched.
+        assert!(!net.lock().unwrap().backend_watched);
+        fake.inject(frame(60, 3));
+        assert_eq!(manager.run_with_timeout(20).unwrap(), 0);
+        assert_eq!(fake.state.lock().unwrap().rx.len(), 1);
+    }
+}
