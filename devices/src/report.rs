@@ -3,6 +3,18 @@
 use std::cell::Cell;
 use std::fmt::Display;
 
+/// An error and its sources, on one line (`outer: cause: root cause`).
+pub(crate) fn describe(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 /// Logs the first failure of a recurring operation at warning level and only counts the
 /// following ones, until the operation works again. A guest writing to a closed stdout, say,
 /// cannot flood the log.

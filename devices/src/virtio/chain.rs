@@ -18,6 +18,7 @@
 //! buffer to report the error in.
 
 use thiserror::Error;
+use virtio_queue::{Queue, QueueOwnedT};
 use vm_memory::{Bytes, GuestAddress};
 
 use petrel_memory::GuestMemoryMmap;
@@ -168,6 +169,16 @@ fn read_descriptor(
         writable: flags & DESC_F_WRITE != 0,
     };
     Some((descriptor, flags, u16::from_le_bytes([n0, n1])))
+}
+
+/// The head of the next chain the driver made available, if any, taking it off the
+/// available ring. An error means the available ring's index is not believable.
+pub(crate) fn next_available_head(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+) -> Result<Option<u16>, virtio_queue::Error> {
+    let mut available = queue.iter(mem)?;
+    Ok(available.next().map(|chain| chain.head_index()))
 }
 
 #[cfg(test)]

@@ -25,7 +25,7 @@ use std::time::Instant;
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use thiserror::Error;
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::QueueT;
 use vm_memory::GuestAddress;
 
 use super::device::{Active, Block};
@@ -33,9 +33,9 @@ use super::disk::Disk;
 use super::request::{answer, Answer};
 use super::stats::BlockStats;
 use super::ID_BYTES;
-use crate::virtio::chain::{read_chain, ChainError};
+use crate::report::describe;
+use crate::virtio::chain::{next_available_head, read_chain, ChainError};
 use crate::virtio::VirtioInterruptKind;
-use petrel_memory::GuestMemoryMmap;
 
 /// A problem with the queue itself; the device needs a reset.
 #[derive(Debug, Error)]
@@ -49,18 +49,6 @@ enum QueueFault {
     /// The used ring or its flags could not be written.
     #[error("cannot update the used ring")]
     UsedRing(#[source] virtio_queue::Error),
-}
-
-/// An error and its sources, on one line.
-fn describe(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 impl Block {
@@ -168,12 +156,6 @@ impl Block {
     }
 }
 
-/// The head of the next available chain, if any.
-fn next_head(queue: &mut Queue, mem: &GuestMemoryMmap) -> Result<Option<u16>, QueueFault> {
-    let mut available = queue.iter(mem).map_err(QueueFault::AvailRing)?;
-    Ok(available.next().map(|chain| chain.head_index()))
-}
-
 /// Answers available chains until the ring is empty or one queue's worth is done, counting
 /// each in `stats`.
 fn run_queue(
@@ -191,7 +173,7 @@ fn run_queue(
         queue
             .disable_notification(mem)
             .map_err(QueueFault::UsedRing)?;
-        while let Some(head) = next_head(queue, mem)? {
+        while let Some(head) = next_available_head(queue, mem).map_err(QueueFault::AvailRing)? {
             let chain = read_chain(mem, GuestAddress(queue.desc_table()), queue.size(), head);
             if let Some(error @ ChainError::HeadOutOfRange { .. }) = chain.error {
                 return Err(QueueFault::Head(error));
@@ -277,6 +259,7 @@ mod tests {
         HIGH_START, MEM_SIZE, USED_RING,
     };
     use crate::virtio::{ActiveQueue, VirtioDevice};
+    use petrel_memory::GuestMemoryMmap;
 
     const HEADER: u64 = 0x10000;
     const DATA: u64 = 0x20000;

@@ -11,13 +11,14 @@ use std::os::fd::AsRawFd;
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use thiserror::Error;
 use virtio_bindings::virtio_net as vn;
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use super::device::{Active, Net, NetStats};
 use super::tap::NetBackend;
 use super::{MAX_TX_CHAIN, VNET_HDR_LEN};
-use crate::virtio::chain::{read_chain, Chain, ChainError};
+use crate::report::describe;
+use crate::virtio::chain::{next_available_head, read_chain, Chain, ChainError};
 use crate::virtio::VirtioInterruptKind;
 use petrel_memory::GuestMemoryMmap;
 
@@ -85,18 +86,6 @@ enum NetFault {
     Backend(#[source] io::Error),
 }
 
-/// An error and its sources, on one line.
-fn describe(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
 /// Logs a guest mistake: the first at warning level, the rest at debug level.
 fn log_bad(count: u64, fault: &NetFault) {
     if count == 1 {
@@ -109,15 +98,9 @@ fn log_bad(count: u64, fault: &NetFault) {
     }
 }
 
-/// The head of the next available chain, if any.
-fn next_head(queue: &mut Queue, mem: &GuestMemoryMmap) -> Result<Option<u16>, NetFault> {
-    let mut available = queue.iter(mem).map_err(NetFault::AvailRing)?;
-    Ok(available.next().map(|chain| chain.head_index()))
-}
-
 /// The next available chain, copied out of the descriptor table.
 fn next_chain(queue: &mut Queue, mem: &GuestMemoryMmap) -> Result<Option<Chain>, NetFault> {
-    let Some(head) = next_head(queue, mem)? else {
+    let Some(head) = next_available_head(queue, mem).map_err(NetFault::AvailRing)? else {
         return Ok(None);
     };
     let chain = read_chain(mem, GuestAddress(queue.desc_table()), queue.size(), head);
@@ -130,7 +113,9 @@ fn next_chain(queue: &mut Queue, mem: &GuestMemoryMmap) -> Result<Option<Chain>,
 /// Whether the driver has made a chain available, without taking it.
 fn has_available(queue: &mut Queue, mem: &GuestMemoryMmap) -> Result<bool, NetFault> {
     let start = queue.next_avail();
-    let found = next_head(queue, mem)?.is_some();
+    let found = next_available_head(queue, mem)
+        .map_err(NetFault::AvailRing)?
+        .is_some();
     queue.set_next_avail(start);
     Ok(found)
 }

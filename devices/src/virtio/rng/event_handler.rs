@@ -15,12 +15,13 @@ use std::os::fd::AsRawFd;
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use thiserror::Error;
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::QueueT;
 use vm_memory::{GuestAddress, GuestMemoryBackend};
 
 use super::device::{Active, Rng};
 use super::MAX_REQUEST_BYTES;
-use crate::virtio::chain::{read_chain, Chain, ChainError};
+use crate::report::describe;
+use crate::virtio::chain::{next_available_head, read_chain, Chain, ChainError};
 use crate::virtio::VirtioInterruptKind;
 use petrel_memory::GuestMemoryMmap;
 
@@ -58,18 +59,6 @@ enum RngFault {
     /// The host's `getrandom(2)` failed.
     #[error("getrandom failed")]
     Entropy(#[source] io::Error),
-}
-
-/// An error and its sources, on one line.
-fn describe(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// Fills `len` bytes at `ptr` from `getrandom(2)`, retrying on EINTR and short reads.
@@ -142,12 +131,6 @@ fn answer(mem: &GuestMemoryMmap, chain: &Chain) -> Result<u32, RngFault> {
     Ok(MAX_REQUEST_BYTES - remaining)
 }
 
-/// The head of the next available chain, if any.
-fn next_head(queue: &mut Queue, mem: &GuestMemoryMmap) -> Result<Option<u16>, RngFault> {
-    let mut available = queue.iter(mem).map_err(RngFault::AvailRing)?;
-    Ok(available.next().map(|chain| chain.head_index()))
-}
-
 /// Answers available chains until the ring is empty or one queue's worth is done; each
 /// chain's outcome goes to `answered`. An error returned breaks the queue.
 fn run_queue(
@@ -162,7 +145,7 @@ fn run_queue(
         queue
             .disable_notification(mem)
             .map_err(RngFault::UsedRing)?;
-        while let Some(head) = next_head(queue, mem)? {
+        while let Some(head) = next_available_head(queue, mem).map_err(RngFault::AvailRing)? {
             let chain = read_chain(mem, GuestAddress(queue.desc_table()), queue.size(), head);
             if let Some(error @ ChainError::HeadOutOfRange { .. }) = chain.error {
                 return Err(RngFault::Head(error));
