@@ -95,6 +95,7 @@ pub(crate) mod chain;
 pub mod mmio;
 pub mod net;
 pub mod rng;
+mod single_queue;
 #[cfg(test)]
 pub(crate) mod test_utils;
 

@@ -8,8 +8,6 @@ use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO,
     VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_SIZE_MAX, VIRTIO_BLK_F_WRITE_ZEROES,
 };
-use virtio_queue::{Queue, QueueT};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::disk::Disk;
 use super::stats::BlockStats;
@@ -18,6 +16,7 @@ use super::{
     MAX_WRITE_ZEROES_SECTORS, MAX_WRITE_ZEROES_SEG, QUEUE_SIZE, SECTOR_SIZE, SEG_MAX, SIZE_MAX,
 };
 use crate::report::ErrorLog;
+use crate::virtio::single_queue::SingleQueue;
 use crate::virtio::{
     ActivateError, ActiveQueue, VirtioDevice, VirtioInterrupt, FEATURE_VERSION_1, TYPE_BLOCK,
 };
@@ -41,16 +40,6 @@ pub struct BlockConfig {
     pub id: Option<String>,
 }
 
-/// The state of an activated device, used by the event loop.
-pub(super) struct Active {
-    pub(super) mem: GuestMemoryMmap,
-    pub(super) interrupt: Arc<dyn VirtioInterrupt>,
-    pub(super) queue: Queue,
-    pub(super) notify: EventFd,
-    /// The queue hit an error only a reset clears; it is not used until then.
-    pub(super) broken: bool,
-}
-
 /// A virtio-blk device backed by a raw image.
 ///
 /// Put it behind a transport as an `Arc<Mutex<Block>>`, and register the same `Arc` with the
@@ -64,18 +53,11 @@ pub struct Block {
     avail_features: u64,
     acked_features: u64,
     config_space: [u8; CONFIG_SPACE_SIZE],
-    /// Written on activation and reset so the event loop re-reads the device's state.
-    pub(super) state_changed: EventFd,
-    pub(super) active: Option<Active>,
-    /// How many times the device was activated, so the event loop can tell a new queue
-    /// eventfd from the one it watches.
-    pub(super) activations: u64,
-    /// The queue eventfd the event loop watches, and the activation it belongs to.
-    pub(super) watched: Option<(u64, EventFd)>,
+    /// The queue, its activation and its link to the event loop.
+    pub(super) lifecycle: SingleQueue,
     /// Requests the guest got wrong so far (the first is logged at warning level).
     pub(super) bad_requests: u64,
     pub(super) io_errors: ErrorLog,
-    pub(super) interrupt_errors: ErrorLog,
     /// Request counters, shared with whoever reports them.
     pub(super) stats: Arc<BlockStats>,
 }
@@ -120,6 +102,11 @@ impl Block {
         } else {
             avail_features |= 1 << VIRTIO_BLK_F_DISCARD | 1 << VIRTIO_BLK_F_WRITE_ZEROES;
         }
+        let lifecycle = SingleQueue::new(
+            format!("virtio-blk {}", disk.path().display()),
+            "virtio-blk interrupt",
+        )
+        .map_err(BlockError::EventFd)?;
         Ok(Self {
             config_space: config_space(disk.sectors()),
             disk,
@@ -127,13 +114,9 @@ impl Block {
             id_bytes,
             avail_features,
             acked_features: 0,
-            state_changed: EventFd::new(EFD_NONBLOCK).map_err(BlockError::EventFd)?,
-            active: None,
-            activations: 0,
-            watched: None,
+            lifecycle,
             bad_requests: 0,
             io_errors: ErrorLog::new("virtio-blk disk I/O"),
-            interrupt_errors: ErrorLog::new("virtio-blk interrupt"),
             stats: Arc::new(BlockStats::new()),
         })
     }
@@ -165,7 +148,7 @@ impl Block {
 
     /// Whether the driver has started the device.
     pub fn is_active(&self) -> bool {
-        self.active.is_some()
+        self.lifecycle.is_active()
     }
 
     /// The device's request counters. Keep the `Arc` to read them later without locking the
@@ -173,10 +156,6 @@ impl Block {
     /// They count from the device's creation and survive driver resets.
     pub fn stats(&self) -> Arc<BlockStats> {
         self.stats.clone()
-    }
-
-    fn signal_state_change(&self) -> std::io::Result<()> {
-        self.state_changed.write(1)
     }
 }
 
@@ -244,50 +223,17 @@ impl VirtioDevice for Block {
         interrupt: Arc<dyn VirtioInterrupt>,
         queues: Vec<ActiveQueue>,
     ) -> Result<(), ActivateError> {
-        if self.active.is_some() {
-            return Err(ActivateError::AlreadyActive);
-        }
-        let count = queues.len();
-        let Some(ActiveQueue { queue, notify }) = queues.into_iter().next().filter(|_| count == 1)
-        else {
-            return Err(ActivateError::QueueCount {
-                expected: 1,
-                got: count,
-            });
-        };
-        if !queue.ready() {
-            return Err(ActivateError::QueueNotReady { index: 0 });
-        }
-        self.signal_state_change()
-            .map_err(ActivateError::EventLoop)?;
-        self.activations += 1;
-        self.active = Some(Active {
-            mem,
-            interrupt,
-            queue,
-            notify,
-            broken: false,
-        });
-        Ok(())
+        self.lifecycle.activate(mem, interrupt, queues)
     }
 
     fn disable_queue(&mut self, index: u16) {
-        if let Some(active) = self.active.as_mut().filter(|_| index == 0) {
-            // `process_queue` leaves a queue that is not ready alone.
-            active.queue.set_ready(false);
-        }
+        // `process_queue` leaves a queue that is not ready alone.
+        self.lifecycle.disable_queue(index);
     }
 
     fn reset(&mut self) -> bool {
-        let was_active = self.active.take().is_some();
+        self.lifecycle.reset();
         self.acked_features = 0;
-        if was_active {
-            if let Err(e) = self.signal_state_change() {
-                // The event loop may keep watching the old eventfd; it ignores it while the
-                // device is inactive.
-                log::warn!("virtio-blk: cannot tell the event loop about the reset: {e}");
-            }
-        }
         true
     }
 }
@@ -299,7 +245,7 @@ impl std::fmt::Debug for Block {
             .field("id", &self.id)
             .field("read_only", &self.disk.read_only())
             .field("capacity", &self.disk.sectors())
-            .field("active", &self.active.is_some())
+            .field("active", &self.lifecycle.is_active())
             .finish_non_exhaustive()
     }
 }
@@ -308,6 +254,8 @@ impl std::fmt::Debug for Block {
 mod tests {
     use super::*;
     use crate::virtio::test_utils::TempImage;
+    use virtio_queue::QueueT;
+    use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
     fn config(image: &TempImage) -> BlockConfig {
         BlockConfig {
@@ -474,7 +422,7 @@ mod tests {
         ));
         assert!(!block.is_active());
         assert_eq!(
-            block.state_changed.read().ok(),
+            block.lifecycle.state_changed.read().ok(),
             None,
             "nothing signalled yet"
         );
@@ -489,7 +437,7 @@ mod tests {
             .activate(mem.clone(), irq.clone(), vec![queue(true)])
             .unwrap();
         assert!(block.is_active());
-        assert_eq!(block.state_changed.read().unwrap(), 1);
+        assert_eq!(block.lifecycle.state_changed.read().unwrap(), 1);
         assert!(matches!(
             block.activate(mem.clone(), irq.clone(), vec![queue(true)]),
             Err(ActivateError::AlreadyActive)
@@ -497,7 +445,7 @@ mod tests {
         assert!(block.reset());
         assert!(!block.is_active());
         assert_eq!(block.acked_features(), 0);
-        assert_eq!(block.state_changed.read().unwrap(), 1);
+        assert_eq!(block.lifecycle.state_changed.read().unwrap(), 1);
         block.activate(mem, irq, vec![queue(true)]).unwrap();
     }
 }

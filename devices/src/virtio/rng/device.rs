@@ -2,25 +2,13 @@
 
 use std::sync::Arc;
 
-use virtio_queue::{Queue, QueueT};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
-
 use super::{RngError, QUEUE_SIZE};
 use crate::report::ErrorLog;
+use crate::virtio::single_queue::SingleQueue;
 use crate::virtio::{
     ActivateError, ActiveQueue, VirtioDevice, VirtioInterrupt, FEATURE_VERSION_1, TYPE_RNG,
 };
 use petrel_memory::GuestMemoryMmap;
-
-/// The state of an activated device, used by the event loop.
-pub(super) struct Active {
-    pub(super) mem: GuestMemoryMmap,
-    pub(super) interrupt: Arc<dyn VirtioInterrupt>,
-    pub(super) queue: Queue,
-    pub(super) notify: EventFd,
-    /// The queue hit an error only a reset clears; it is not used until then.
-    pub(super) broken: bool,
-}
 
 /// A virtio-rng device backed by the host's `getrandom(2)`.
 ///
@@ -29,20 +17,13 @@ pub(super) struct Active {
 /// requests. See the [module documentation](super).
 pub struct Rng {
     acked_features: u64,
-    /// Written on activation and reset so the event loop re-reads the device's state.
-    pub(super) state_changed: EventFd,
-    pub(super) active: Option<Active>,
-    /// How many times the device was activated, so the event loop can tell a new queue
-    /// eventfd from the one it watches.
-    pub(super) activations: u64,
-    /// The queue eventfd the event loop watches, and the activation it belongs to.
-    pub(super) watched: Option<(u64, EventFd)>,
+    /// The queue, its activation and its link to the event loop.
+    pub(super) lifecycle: SingleQueue,
     /// Requests the guest got wrong so far (the first is logged at warning level).
     pub(super) bad_requests: u64,
     /// Bytes of entropy given to the guest since the device was created.
     pub(super) bytes_served: u64,
     pub(super) entropy_errors: ErrorLog,
-    pub(super) interrupt_errors: ErrorLog,
 }
 
 impl Rng {
@@ -50,14 +31,11 @@ impl Rng {
     pub fn new() -> Result<Self, RngError> {
         Ok(Self {
             acked_features: 0,
-            state_changed: EventFd::new(EFD_NONBLOCK).map_err(RngError::EventFd)?,
-            active: None,
-            activations: 0,
-            watched: None,
+            lifecycle: SingleQueue::new("virtio-rng".to_string(), "virtio-rng interrupt")
+                .map_err(RngError::EventFd)?,
             bad_requests: 0,
             bytes_served: 0,
             entropy_errors: ErrorLog::new("virtio-rng getrandom"),
-            interrupt_errors: ErrorLog::new("virtio-rng interrupt"),
         })
     }
 
@@ -68,16 +46,12 @@ impl Rng {
 
     /// Whether the driver has started the device.
     pub fn is_active(&self) -> bool {
-        self.active.is_some()
+        self.lifecycle.is_active()
     }
 
     /// Bytes of entropy the device has written into guest memory since it was created.
     pub fn bytes_served(&self) -> u64 {
         self.bytes_served
-    }
-
-    fn signal_state_change(&self) -> std::io::Result<()> {
-        self.state_changed.write(1)
     }
 }
 
@@ -116,50 +90,17 @@ impl VirtioDevice for Rng {
         interrupt: Arc<dyn VirtioInterrupt>,
         queues: Vec<ActiveQueue>,
     ) -> Result<(), ActivateError> {
-        if self.active.is_some() {
-            return Err(ActivateError::AlreadyActive);
-        }
-        let count = queues.len();
-        let Some(ActiveQueue { queue, notify }) = queues.into_iter().next().filter(|_| count == 1)
-        else {
-            return Err(ActivateError::QueueCount {
-                expected: 1,
-                got: count,
-            });
-        };
-        if !queue.ready() {
-            return Err(ActivateError::QueueNotReady { index: 0 });
-        }
-        self.signal_state_change()
-            .map_err(ActivateError::EventLoop)?;
-        self.activations += 1;
-        self.active = Some(Active {
-            mem,
-            interrupt,
-            queue,
-            notify,
-            broken: false,
-        });
-        Ok(())
+        self.lifecycle.activate(mem, interrupt, queues)
     }
 
     fn disable_queue(&mut self, index: u16) {
-        if let Some(active) = self.active.as_mut().filter(|_| index == 0) {
-            // `process_queue` leaves a queue that is not ready alone.
-            active.queue.set_ready(false);
-        }
+        // `process_queue` leaves a queue that is not ready alone.
+        self.lifecycle.disable_queue(index);
     }
 
     fn reset(&mut self) -> bool {
-        let was_active = self.active.take().is_some();
+        self.lifecycle.reset();
         self.acked_features = 0;
-        if was_active {
-            if let Err(e) = self.signal_state_change() {
-                // The event loop may keep watching the old eventfd; it ignores it while the
-                // device is inactive.
-                log::warn!("virtio-rng: cannot tell the event loop about the reset: {e}");
-            }
-        }
         true
     }
 }
@@ -167,7 +108,7 @@ impl VirtioDevice for Rng {
 impl std::fmt::Debug for Rng {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Rng")
-            .field("active", &self.active.is_some())
+            .field("active", &self.lifecycle.is_active())
             .field("bytes_served", &self.bytes_served)
             .finish_non_exhaustive()
     }
@@ -177,6 +118,8 @@ impl std::fmt::Debug for Rng {
 mod tests {
     use super::*;
     use crate::virtio::test_utils::{guest_memory, DriverQueue, RecordingInterrupt};
+    use virtio_queue::QueueT;
+    use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
     #[test]
     fn only_version_1_and_no_config_space() {
@@ -220,7 +163,7 @@ mod tests {
         rng.activate(mem.clone(), irq.clone(), vec![queue(true)])
             .unwrap();
         assert!(rng.is_active());
-        assert_eq!(rng.state_changed.read().unwrap(), 1);
+        assert_eq!(rng.lifecycle.state_changed.read().unwrap(), 1);
         assert!(matches!(
             rng.activate(mem.clone(), irq.clone(), vec![queue(true)]),
             Err(ActivateError::AlreadyActive)

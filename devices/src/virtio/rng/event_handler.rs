@@ -11,18 +11,17 @@
 //! notification eventfd so other event-loop work runs before it continues.
 
 use std::io;
-use std::os::fd::AsRawFd;
 
-use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use event_manager::{EventOps, Events, MutEventSubscriber};
 use thiserror::Error;
 use virtio_queue::QueueT;
 use vm_memory::{GuestAddress, GuestMemoryBackend};
 
-use super::device::{Active, Rng};
+use super::device::Rng;
 use super::MAX_REQUEST_BYTES;
 use crate::report::describe;
 use crate::virtio::chain::{next_available_head, read_chain, Chain, ChainError};
-use crate::virtio::VirtioInterruptKind;
+use crate::virtio::single_queue::QueueState;
 use petrel_memory::GuestMemoryMmap;
 
 /// Why a request or the queue could not be served.
@@ -134,10 +133,10 @@ fn answer(mem: &GuestMemoryMmap, chain: &Chain) -> Result<u32, RngFault> {
 /// Answers available chains until the ring is empty or one queue's worth is done; each
 /// chain's outcome goes to `answered`. An error returned breaks the queue.
 fn run_queue(
-    active: &mut Active,
+    active: &mut QueueState,
     answered: &mut Vec<Result<u32, RngFault>>,
 ) -> Result<(), RngFault> {
-    let Active {
+    let QueueState {
         mem, queue, notify, ..
     } = active;
     let budget = usize::from(queue.size());
@@ -175,12 +174,9 @@ impl Rng {
     /// queue interrupt. Does nothing while the device is inactive, or its queue is broken or
     /// disabled by the driver.
     pub(crate) fn process_queue(&mut self) {
-        let Some(active) = self.active.as_mut() else {
+        let Some(active) = self.lifecycle.serviceable() else {
             return;
         };
-        if active.broken || !active.queue.ready() {
-            return;
-        }
         let mut answered = Vec::new();
         let result = run_queue(active, &mut answered);
         for outcome in &answered {
@@ -203,84 +199,25 @@ impl Rng {
                 }
             }
         }
-        if !answered.is_empty() && active.queue.needs_notification(&active.mem).unwrap_or(true) {
-            match active.interrupt.trigger(VirtioInterruptKind::Queue) {
-                Ok(()) => self.interrupt_errors.succeeded(),
-                Err(e) => self.interrupt_errors.failed(&e),
-            }
-        }
+        self.lifecycle.signal_used(answered.len());
         if let Err(fault) = result {
             log::warn!("virtio-rng: {}; the device needs a reset", describe(&fault));
-            active.broken = true;
-            if let Err(e) = active.interrupt.set_needs_reset() {
-                self.interrupt_errors.failed(&e);
-            }
-        }
-    }
-
-    /// Watches the current queue eventfd, and only it.
-    fn sync_watch(&mut self, ops: &mut EventOps) {
-        let current = self.active.as_ref().map(|_| self.activations);
-        if self.watched.as_ref().map(|(activation, _)| *activation) == current {
-            return;
-        }
-        if let Some((_, old)) = self.watched.take() {
-            if let Err(e) = ops.remove(Events::new(&old, EventSet::IN)) {
-                log::debug!("virtio-rng: cannot stop watching the old queue eventfd: {e:?}");
-            }
-        }
-        let Some(active) = self.active.as_mut() else {
-            return;
-        };
-        let watched = active
-            .notify
-            .try_clone()
-            .map_err(|e| format!("{e}"))
-            .and_then(|event| {
-                ops.add(Events::new(&event, EventSet::IN))
-                    .map(|()| event)
-                    .map_err(|e| format!("{e:?}"))
-            });
-        match watched {
-            Ok(event) => self.watched = Some((self.activations, event)),
-            Err(e) => {
-                log::error!("virtio-rng: cannot watch the queue ({e}); the device needs a reset");
-                active.broken = true;
-                if let Err(e) = active.interrupt.set_needs_reset() {
-                    self.interrupt_errors.failed(&e);
-                }
-            }
+            self.lifecycle.needs_reset();
         }
     }
 }
 
 impl MutEventSubscriber for Rng {
     fn init(&mut self, ops: &mut EventOps) {
-        if let Err(e) = ops.add(Events::new(&self.state_changed, EventSet::IN)) {
-            log::error!(
-                "virtio-rng: cannot watch the device's eventfd, the device will not work: {e:?}"
-            );
-            return;
+        if self.lifecycle.init(ops) {
+            self.process_queue();
         }
-        self.sync_watch(ops);
-        self.process_queue();
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
-        let fd = events.fd();
-        if fd == self.state_changed.as_raw_fd() {
-            // EAGAIN only means the counter was already read.
-            let _ = self.state_changed.read();
-            self.sync_watch(ops);
-        } else if let Some((_, event)) = self.watched.as_ref().filter(|(_, e)| e.as_raw_fd() == fd)
-        {
-            let _ = event.read();
-        } else {
-            log::debug!("virtio-rng: event on fd {fd} it does not watch, dropped");
-            let _ = ops.remove(events);
-            return;
+        if self.lifecycle.handle_event(events, ops) {
+            self.process_queue();
         }
-        self.process_queue();
     }
 }
 
