@@ -16,10 +16,14 @@
 //!
 //! The descriptors read before the problem are kept, so a device can still find a status
 //! buffer to report the error in.
+//!
+//! [`next_chain`] takes the next chain off the available ring and copies it; [`QueueFault`]
+//! is what every device can get wrong with a queue or a chain, wrapped by each device's own
+//! fault type.
 
 use thiserror::Error;
-use virtio_queue::{Queue, QueueOwnedT};
-use vm_memory::{Bytes, GuestAddress};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use petrel_memory::GuestMemoryMmap;
 
@@ -179,6 +183,126 @@ pub(crate) fn next_available_head(
 ) -> Result<Option<u16>, virtio_queue::Error> {
     let mut available = queue.iter(mem)?;
     Ok(available.next().map(|chain| chain.head_index()))
+}
+
+/// The next chain the driver made available, taken off the available ring and copied out of
+/// the descriptor table; `None` when the ring is empty. A chain that is broken past its head
+/// is returned with its [`Chain::error`]; an available ring that cannot be believed, or a head
+/// outside the queue, is an error of the queue itself (it needs a reset).
+pub(crate) fn next_chain(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+) -> Result<Option<Chain>, QueueFault> {
+    let Some(head) = next_available_head(queue, mem).map_err(QueueFault::AvailRing)? else {
+        return Ok(None);
+    };
+    let chain = read_chain(mem, GuestAddress(queue.desc_table()), queue.size(), head);
+    if let Some(error @ ChainError::HeadOutOfRange { .. }) = chain.error {
+        return Err(QueueFault::Head(error));
+    }
+    Ok(Some(chain))
+}
+
+/// The device-writable buffers of a chain the device fills (a receive chain), as (address,
+/// length), and their total size. Zero-length buffers are skipped. A broken chain, a
+/// device-readable buffer or one outside guest memory is refused before anything is written.
+pub(crate) fn writable_buffers(
+    mem: &GuestMemoryMmap,
+    chain: &Chain,
+) -> Result<(Vec<(u64, u32)>, u64), QueueFault> {
+    if let Some(error) = chain.error {
+        return Err(QueueFault::Chain(error));
+    }
+    let mut buffers = Vec::with_capacity(chain.descriptors.len());
+    let mut total = 0u64;
+    for desc in &chain.descriptors {
+        if !desc.writable {
+            return Err(QueueFault::Direction { index: desc.index });
+        }
+        if desc.len == 0 {
+            continue;
+        }
+        if !mem.check_range(GuestAddress(desc.addr), desc.len as usize) {
+            return Err(QueueFault::OutsideMemory {
+                index: desc.index,
+                addr: desc.addr,
+                len: desc.len,
+            });
+        }
+        buffers.push((desc.addr, desc.len));
+        total += u64::from(desc.len);
+    }
+    Ok((buffers, total))
+}
+
+/// Writes the start of `bytes` across `buffers` (checked by [`writable_buffers`]), in order,
+/// and returns how many bytes were written: all of them, or as many as the buffers hold.
+/// `index` names the chain in the error if guest memory refuses a write.
+pub(crate) fn scatter(
+    mem: &GuestMemoryMmap,
+    buffers: &[(u64, u32)],
+    bytes: &[u8],
+    index: u16,
+) -> Result<usize, QueueFault> {
+    let mut written = 0;
+    for &(addr, len) in buffers {
+        let rest = &bytes[written..];
+        if rest.is_empty() {
+            break;
+        }
+        let n = rest.len().min(len as usize);
+        mem.write_slice(&rest[..n], GuestAddress(addr))
+            .map_err(|_| QueueFault::OutsideMemory { index, addr, len })?;
+        written += n;
+    }
+    Ok(written)
+}
+
+/// What can go wrong with a queue or one of its chains, whatever the device. The first three
+/// break the queue (the device needs a reset); the others concern one chain, which the
+/// device completes and counts.
+#[derive(Debug, Error)]
+pub(crate) enum QueueFault {
+    /// The available ring's index is not believable (the queue needs a reset).
+    #[error("cannot read the available ring")]
+    AvailRing(#[source] virtio_queue::Error),
+    /// The available ring names a chain head outside the queue (the queue needs a reset).
+    #[error("the available ring names a bad chain")]
+    Head(#[source] ChainError),
+    /// The used ring or its flags could not be written (the queue needs a reset).
+    #[error("cannot update the used ring")]
+    UsedRing(#[source] virtio_queue::Error),
+    /// The chain could not be followed to its end.
+    #[error("broken descriptor chain")]
+    Chain(#[source] ChainError),
+    /// A buffer goes the wrong way (writable where the device reads, or the reverse).
+    #[error("descriptor {index} has the wrong direction")]
+    Direction {
+        /// The descriptor.
+        index: u16,
+    },
+    /// A buffer is not in guest memory.
+    #[error("descriptor {index} ({len} bytes at {addr:#x}) is outside guest memory")]
+    OutsideMemory {
+        /// The descriptor.
+        index: u16,
+        /// Its address.
+        addr: u64,
+        /// Its length (or the part the device would have used).
+        len: u32,
+    },
+}
+
+/// Logs a guest mistake, the `count`th so far: the first at warning level, the rest at
+/// debug level. `label` names the device, `what` the mistake.
+pub(crate) fn log_bad(label: &str, count: u64, what: &dyn std::fmt::Display) {
+    if count <= 1 {
+        log::warn!(
+            "{label}: bad request from the guest: {what}; further ones are logged at debug level"
+        );
+    } else {
+        log::debug!("{label}: bad request: {what}");
+    }
 }
 
 #[cfg(test)]

@@ -32,11 +32,33 @@
 //!
 //! Devices never see a KVM handle.
 //!
+//! # What the devices share
+//!
+//! - **The queue lifecycle** (`device_queues`): every device keeps one `DeviceQueues`, built
+//!   with its number of queues and the queues whose eventfds the event loop should watch. It
+//!   checks activation (that many queues, every one ready), follows `disable_queue` and
+//!   `reset`, holds the queues, guest memory, interrupt and "broken" flag, writes a
+//!   state-change eventfd on activation and reset, and on that event (re)registers the
+//!   current activation's queue eventfds with `event-manager`. It tells the device which
+//!   event it got (a state change, queue *i*, or an fd it does not own, which virtio-net
+//!   checks against its TAP and virtio-vsock against its epoll instance), raises the queue
+//!   interrupt after a batch and reports `DEVICE_NEEDS_RESET` when a queue breaks.
+//!   virtio-blk and virtio-rng are its one-queue case.
+//! - **Chains** (`chain`): copying a descriptor chain defensively, taking the next available
+//!   chain, the faults every device can meet in a queue or chain (`QueueFault`, which each
+//!   device's own fault type wraps), checking a receive chain's writable buffers and
+//!   scattering bytes across them, and logging a guest's bad requests (the first at warning
+//!   level, the rest at debug level).
+//! - A configuration space is a byte array read at an offset, zero past its end
+//!   (`read_config_bytes`).
+//!
 //! # Devices
 //!
 //! - [`block`]: virtio-blk backed by a raw image file.
 //! - [`net`]: virtio-net backed by a host TAP device.
 //! - [`rng`]: virtio-rng (entropy) backed by the host's `getrandom(2)`.
+//! - [`vsock`]: virtio-vsock (host/guest stream sockets) with Firecracker's hybrid Unix-socket
+//!   model.
 //!
 //! # Wiring a device into a VMM
 //!
@@ -92,12 +114,13 @@
 
 pub mod block;
 pub(crate) mod chain;
+mod device_queues;
 pub mod mmio;
 pub mod net;
 pub mod rng;
-mod single_queue;
 #[cfg(test)]
 pub(crate) mod test_utils;
+pub mod vsock;
 
 use std::io;
 use std::sync::Arc;
@@ -115,6 +138,8 @@ pub const TYPE_BLOCK: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 pub const TYPE_NET: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_NET;
 /// Device type of an entropy source (virtio-rng; virtio 1.2, section 5).
 pub const TYPE_RNG: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_RNG;
+/// Device type of a socket device (virtio-vsock; virtio 1.2, section 5).
+pub const TYPE_VSOCK: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_VSOCK;
 
 /// Device status bit: the guest has noticed the device.
 pub const STATUS_ACKNOWLEDGE: u32 = virtio_config::VIRTIO_CONFIG_S_ACKNOWLEDGE;
@@ -203,6 +228,20 @@ pub enum ActivateError {
     /// The device could not signal its event loop.
     #[error("cannot notify the event loop")]
     EventLoop(#[source] io::Error),
+}
+
+/// Fills `data` from a configuration space laid out in `config`, starting at `offset`; bytes
+/// past the end of the space read as zero (what [`VirtioDevice::read_config`] asks).
+pub(crate) fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    data.fill(0);
+    let Some(available) = usize::try_from(offset)
+        .ok()
+        .and_then(|start| config.get(start..))
+    else {
+        return;
+    };
+    let len = available.len().min(data.len());
+    data[..len].copy_from_slice(&available[..len]);
 }
 
 /// A virtio device, independent of the transport that exposes it.

@@ -7,9 +7,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::chain::{DESC_F_NEXT, DESC_F_WRITE};
-use super::{VirtioInterrupt, VirtioInterruptKind};
+use super::{ActiveQueue, VirtioInterrupt, VirtioInterruptKind};
 use petrel_memory::GuestMemoryMmap;
 
 /// End of the low RAM region of [`guest_memory`], which starts at 0.
@@ -78,25 +79,48 @@ pub(crate) fn writable(addr: u64, len: u32) -> Buf {
     }
 }
 
-/// The driver's side of a split queue at [`DESC_TABLE`], [`AVAIL_RING`], [`USED_RING`].
+/// The driver's side of a split queue, by default at [`DESC_TABLE`], [`AVAIL_RING`],
+/// [`USED_RING`].
 pub(crate) struct DriverQueue {
     pub(crate) mem: GuestMemoryMmap,
     pub(crate) size: u16,
+    desc_table: u64,
+    avail_ring: u64,
+    used_ring: u64,
     avail_idx: u16,
     next_desc: u16,
 }
 
 impl DriverQueue {
     pub(crate) fn new(mem: &GuestMemoryMmap, size: u16) -> Self {
+        Self::with_rings(mem, size, DESC_TABLE, AVAIL_RING, USED_RING)
+    }
+
+    /// A queue whose descriptor table, available ring and used ring are at
+    /// `base`, `base + 0x1000` and `base + 0x2000`, for devices with several queues.
+    pub(crate) fn at(mem: &GuestMemoryMmap, size: u16, base: u64) -> Self {
+        Self::with_rings(mem, size, base, base + 0x1000, base + 0x2000)
+    }
+
+    fn with_rings(
+        mem: &GuestMemoryMmap,
+        size: u16,
+        desc_table: u64,
+        avail_ring: u64,
+        used_ring: u64,
+    ) -> Self {
         assert!(size <= 256, "the rings are laid out for 256 entries");
         let queue = Self {
             mem: mem.clone(),
             size,
+            desc_table,
+            avail_ring,
+            used_ring,
             avail_idx: 0,
             next_desc: 0,
         };
         queue.set_avail_idx(0);
-        mem.write_obj(0u16, GuestAddress(USED_RING + 2)).unwrap();
+        mem.write_obj(0u16, GuestAddress(used_ring + 2)).unwrap();
         queue
     }
 
@@ -104,12 +128,23 @@ impl DriverQueue {
     pub(crate) fn device_queue(&self) -> Queue {
         let mut queue = Queue::new(256).unwrap();
         queue.set_size(self.size);
-        queue.set_desc_table_address(Some(DESC_TABLE as u32), Some(0));
-        queue.set_avail_ring_address(Some(AVAIL_RING as u32), Some(0));
-        queue.set_used_ring_address(Some(USED_RING as u32), Some(0));
+        queue.set_desc_table_address(Some(self.desc_table as u32), Some(0));
+        queue.set_avail_ring_address(Some(self.avail_ring as u32), Some(0));
+        queue.set_used_ring_address(Some(self.used_ring as u32), Some(0));
         queue.set_ready(true);
         assert!(queue.is_valid(&self.mem));
         queue
+    }
+
+    /// This queue as the transport hands it to a device on activation, enabled by the
+    /// driver or not, with a fresh notification eventfd.
+    pub(crate) fn active_queue(&self, ready: bool) -> ActiveQueue {
+        let mut queue = self.device_queue();
+        queue.set_ready(ready);
+        ActiveQueue {
+            queue,
+            notify: EventFd::new(EFD_NONBLOCK).unwrap(),
+        }
     }
 
     /// Writes `bufs` as a chain in the next free descriptors and publishes its head.
@@ -140,7 +175,7 @@ impl DriverQueue {
     pub(crate) fn write_descriptor(&self, index: u16, addr: u64, len: u32, flags: u16, next: u16) {
         write_descriptor(
             &self.mem,
-            GuestAddress(DESC_TABLE),
+            GuestAddress(self.desc_table),
             index,
             addr,
             len,
@@ -153,7 +188,7 @@ impl DriverQueue {
     pub(crate) fn publish(&mut self, head: u16) {
         let slot = u64::from(self.avail_idx % self.size);
         self.mem
-            .write_obj(head, GuestAddress(AVAIL_RING + 4 + 2 * slot))
+            .write_obj(head, GuestAddress(self.avail_ring + 4 + 2 * slot))
             .unwrap();
         self.avail_idx = self.avail_idx.wrapping_add(1);
         self.set_avail_idx(self.avail_idx);
@@ -162,19 +197,19 @@ impl DriverQueue {
     /// Writes the available ring's index as a (possibly lying) driver would.
     pub(crate) fn set_avail_idx(&self, idx: u16) {
         self.mem
-            .write_obj(idx, GuestAddress(AVAIL_RING + 2))
+            .write_obj(idx, GuestAddress(self.avail_ring + 2))
             .unwrap();
     }
 
     /// The used ring's index.
     pub(crate) fn used_idx(&self) -> u16 {
-        self.mem.read_obj(GuestAddress(USED_RING + 2)).unwrap()
+        self.mem.read_obj(GuestAddress(self.used_ring + 2)).unwrap()
     }
 
     /// Used ring entry `n` (counting from the first ever): (descriptor id, length written).
     pub(crate) fn used(&self, n: u16) -> (u32, u32) {
         let slot = u64::from(n % self.size);
-        let addr = USED_RING + 4 + 8 * slot;
+        let addr = self.used_ring + 4 + 8 * slot;
         (
             self.mem.read_obj(GuestAddress(addr)).unwrap(),
             self.mem.read_obj(GuestAddress(addr + 4)).unwrap(),
@@ -183,7 +218,7 @@ impl DriverQueue {
 
     /// The used ring's flags (the device sets `VRING_USED_F_NO_NOTIFY` there).
     pub(crate) fn used_flags(&self) -> u16 {
-        self.mem.read_obj(GuestAddress(USED_RING)).unwrap()
+        self.mem.read_obj(GuestAddress(self.used_ring)).unwrap()
     }
 }
 

@@ -16,9 +16,10 @@ use super::{
     MAX_WRITE_ZEROES_SECTORS, MAX_WRITE_ZEROES_SEG, QUEUE_SIZE, SECTOR_SIZE, SEG_MAX, SIZE_MAX,
 };
 use crate::report::ErrorLog;
-use crate::virtio::single_queue::SingleQueue;
+use crate::virtio::device_queues::DeviceQueues;
 use crate::virtio::{
-    ActivateError, ActiveQueue, VirtioDevice, VirtioInterrupt, FEATURE_VERSION_1, TYPE_BLOCK,
+    read_config_bytes, ActivateError, ActiveQueue, VirtioDevice, VirtioInterrupt,
+    FEATURE_VERSION_1, TYPE_BLOCK,
 };
 use petrel_memory::GuestMemoryMmap;
 
@@ -54,7 +55,7 @@ pub struct Block {
     acked_features: u64,
     config_space: [u8; CONFIG_SPACE_SIZE],
     /// The queue, its activation and its link to the event loop.
-    pub(super) lifecycle: SingleQueue,
+    pub(super) queues: DeviceQueues,
     /// Requests the guest got wrong so far (the first is logged at warning level).
     pub(super) bad_requests: u64,
     pub(super) io_errors: ErrorLog,
@@ -102,8 +103,10 @@ impl Block {
         } else {
             avail_features |= 1 << VIRTIO_BLK_F_DISCARD | 1 << VIRTIO_BLK_F_WRITE_ZEROES;
         }
-        let lifecycle = SingleQueue::new(
+        let queues = DeviceQueues::new(
             format!("virtio-blk {}", disk.path().display()),
+            1,
+            &[0],
             "virtio-blk interrupt",
         )
         .map_err(BlockError::EventFd)?;
@@ -114,7 +117,7 @@ impl Block {
             id_bytes,
             avail_features,
             acked_features: 0,
-            lifecycle,
+            queues,
             bad_requests: 0,
             io_errors: ErrorLog::new("virtio-blk disk I/O"),
             stats: Arc::new(BlockStats::new()),
@@ -148,7 +151,7 @@ impl Block {
 
     /// Whether the driver has started the device.
     pub fn is_active(&self) -> bool {
-        self.lifecycle.is_active()
+        self.queues.is_active()
     }
 
     /// The device's request counters. Keep the `Arc` to read them later without locking the
@@ -199,14 +202,7 @@ impl VirtioDevice for Block {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        data.fill(0);
-        let Ok(start) = usize::try_from(offset) else {
-            return;
-        };
-        if let Some(available) = self.config_space.get(start..) {
-            let len = available.len().min(data.len());
-            data[..len].copy_from_slice(&available[..len]);
-        }
+        read_config_bytes(&self.config_space, offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
@@ -223,16 +219,16 @@ impl VirtioDevice for Block {
         interrupt: Arc<dyn VirtioInterrupt>,
         queues: Vec<ActiveQueue>,
     ) -> Result<(), ActivateError> {
-        self.lifecycle.activate(mem, interrupt, queues)
+        self.queues.activate(mem, interrupt, queues)
     }
 
     fn disable_queue(&mut self, index: u16) {
         // `process_queue` leaves a queue that is not ready alone.
-        self.lifecycle.disable_queue(index);
+        self.queues.disable_queue(index);
     }
 
     fn reset(&mut self) -> bool {
-        self.lifecycle.reset();
+        self.queues.reset();
         self.acked_features = 0;
         true
     }
@@ -245,7 +241,7 @@ impl std::fmt::Debug for Block {
             .field("id", &self.id)
             .field("read_only", &self.disk.read_only())
             .field("capacity", &self.disk.sectors())
-            .field("active", &self.lifecycle.is_active())
+            .field("active", &self.queues.is_active())
             .finish_non_exhaustive()
     }
 }
@@ -254,8 +250,6 @@ impl std::fmt::Debug for Block {
 mod tests {
     use super::*;
     use crate::virtio::test_utils::TempImage;
-    use virtio_queue::QueueT;
-    use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
     fn config(image: &TempImage) -> BlockConfig {
         BlockConfig {
@@ -397,14 +391,7 @@ mod tests {
         let mem = guest_memory();
         let irq = Arc::new(RecordingInterrupt::default());
         let driver = DriverQueue::new(&mem, 16);
-        let queue = |ready| {
-            let mut queue = driver.device_queue();
-            queue.set_ready(ready);
-            ActiveQueue {
-                queue,
-                notify: EventFd::new(EFD_NONBLOCK).unwrap(),
-            }
-        };
+        let queue = |ready| driver.active_queue(ready);
         assert!(matches!(
             block.activate(mem.clone(), irq.clone(), vec![]),
             Err(ActivateError::QueueCount {
@@ -422,7 +409,7 @@ mod tests {
         ));
         assert!(!block.is_active());
         assert_eq!(
-            block.lifecycle.state_changed.read().ok(),
+            block.queues.state_changed.read().ok(),
             None,
             "nothing signalled yet"
         );
@@ -437,7 +424,7 @@ mod tests {
             .activate(mem.clone(), irq.clone(), vec![queue(true)])
             .unwrap();
         assert!(block.is_active());
-        assert_eq!(block.lifecycle.state_changed.read().unwrap(), 1);
+        assert_eq!(block.queues.state_changed.read().unwrap(), 1);
         assert!(matches!(
             block.activate(mem.clone(), irq.clone(), vec![queue(true)]),
             Err(ActivateError::AlreadyActive)
@@ -445,7 +432,7 @@ mod tests {
         assert!(block.reset());
         assert!(!block.is_active());
         assert_eq!(block.acked_features(), 0);
-        assert_eq!(block.lifecycle.state_changed.read().unwrap(), 1);
+        assert_eq!(block.queues.state_changed.read().unwrap(), 1);
         block.activate(mem, irq, vec![queue(true)]).unwrap();
     }
 }

@@ -1,9 +1,9 @@
 //! The event-loop side of virtio-blk: watching the queue and running its requests.
 //!
-//! [`Block`] is an `event-manager` `MutEventSubscriber`. It always watches its own
-//! state-change eventfd, which it writes when the driver activates or resets it; on that
-//! event it starts (or stops) watching the queue's notification eventfd, which the transport
-//! created and the VMM registered as an ioeventfd. On a notification it drains the available
+//! [`Block`] is an `event-manager` `MutEventSubscriber`. Through its `DeviceQueues` it always
+//! watches its own state-change eventfd, which it writes when the driver activates or resets
+//! it; on that event it starts (or stops) watching the queue's notification eventfd, which
+//! the transport created and the VMM registered as an ioeventfd. On a notification it drains the available
 //! ring: each chain is answered (`request::answer`), put in the used ring, and one queue
 //! interrupt is raised for the batch. Event-index suppression is not offered; while draining,
 //! the device sets `VRING_USED_F_NO_NOTIFY` so the driver does not notify it needlessly, and
@@ -23,67 +23,39 @@
 use std::time::Instant;
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
-use thiserror::Error;
-use virtio_queue::QueueT;
-use vm_memory::GuestAddress;
 
 use super::device::Block;
-use super::disk::Disk;
-use super::request::{answer, Answer};
-use super::stats::BlockStats;
-use super::ID_BYTES;
+use super::request::answer;
 use crate::report::describe;
-use crate::virtio::chain::{next_available_head, read_chain, ChainError};
-use crate::virtio::single_queue::QueueState;
-
-/// A problem with the queue itself; the device needs a reset.
-#[derive(Debug, Error)]
-enum QueueFault {
-    /// The available ring's index is not believable.
-    #[error("cannot read the available ring")]
-    AvailRing(#[source] virtio_queue::Error),
-    /// The available ring names a chain head outside the queue.
-    #[error("the available ring names a bad chain")]
-    Head(#[source] ChainError),
-    /// The used ring or its flags could not be written.
-    #[error("cannot update the used ring")]
-    UsedRing(#[source] virtio_queue::Error),
-}
+use crate::virtio::chain::log_bad;
 
 impl Block {
     /// Runs the requests the driver has made available, completes them, and raises the
     /// queue interrupt. Does nothing while the device is inactive, or its queue is broken or
     /// disabled by the driver.
     pub(crate) fn process_queue(&mut self) {
-        let Some(active) = self.lifecycle.serviceable() else {
+        let Some(active) = self.queues.serviceable(0) else {
             return;
         };
+        let (disk, id, stats) = (&self.disk, &self.id_bytes, &self.stats);
         let mut answered = Vec::new();
-        let result = run_queue(
-            active,
-            &self.disk,
-            &self.id_bytes,
-            &self.stats,
-            &mut answered,
-        );
+        let result = active.drain(&mut answered, |mem, chain| {
+            let started = Instant::now();
+            let answer = answer(mem, chain, disk, id);
+            let ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            stats.record(&answer, ns);
+            (answer.used_len, answer)
+        });
         for answer in &answered {
             if let Some(error) = &answer.error {
                 if error.is_guest_error() {
                     self.bad_requests += 1;
                     let status = answer.status.map_or("none".into(), |s| s.to_string());
-                    if self.bad_requests == 1 {
-                        log::warn!(
-                            "virtio-blk {}: bad request from the guest: {} (status {status}); further bad requests are logged at debug level",
-                            self.disk.path().display(),
-                            describe(error)
-                        );
-                    } else {
-                        log::debug!(
-                            "virtio-blk {}: bad request: {} (status {status})",
-                            self.disk.path().display(),
-                            describe(error)
-                        );
-                    }
+                    log_bad(
+                        self.queues.label(),
+                        self.bad_requests,
+                        &format_args!("{} (status {status})", describe(error)),
+                    );
                 } else {
                     self.io_errors.failed(&describe(error));
                 }
@@ -91,76 +63,22 @@ impl Block {
                 self.io_errors.succeeded();
             }
         }
-        self.lifecycle.signal_used(answered.len());
+        self.queues.signal_used(0, answered.len());
         if let Err(fault) = result {
-            log::warn!(
-                "virtio-blk {}: {}; the device needs a reset",
-                self.disk.path().display(),
-                describe(&fault)
-            );
-            self.lifecycle.needs_reset();
-        }
-    }
-}
-
-/// Answers available chains until the ring is empty or one queue's worth is done, counting
-/// each in `stats`.
-fn run_queue(
-    active: &mut QueueState,
-    disk: &Disk,
-    id: &[u8; ID_BYTES],
-    stats: &BlockStats,
-    answered: &mut Vec<Answer>,
-) -> Result<(), QueueFault> {
-    let QueueState {
-        mem, queue, notify, ..
-    } = active;
-    let budget = usize::from(queue.size());
-    loop {
-        queue
-            .disable_notification(mem)
-            .map_err(QueueFault::UsedRing)?;
-        while let Some(head) = next_available_head(queue, mem).map_err(QueueFault::AvailRing)? {
-            let chain = read_chain(mem, GuestAddress(queue.desc_table()), queue.size(), head);
-            if let Some(error @ ChainError::HeadOutOfRange { .. }) = chain.error {
-                return Err(QueueFault::Head(error));
-            }
-            let started = Instant::now();
-            let answer = answer(mem, &chain, disk, id);
-            let ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-            stats.record(&answer, ns);
-            queue
-                .add_used(mem, head, answer.used_len)
-                .map_err(QueueFault::UsedRing)?;
-            answered.push(answer);
-            if answered.len() >= budget {
-                queue
-                    .enable_notification(mem)
-                    .map_err(QueueFault::UsedRing)?;
-                // Come back after the rest of the event loop had a turn. A failed write
-                // means the counter is saturated, i.e. already signalled.
-                let _ = notify.write(1);
-                return Ok(());
-            }
-        }
-        if !queue
-            .enable_notification(mem)
-            .map_err(QueueFault::UsedRing)?
-        {
-            return Ok(());
+            self.queues.break_queues(&fault);
         }
     }
 }
 
 impl MutEventSubscriber for Block {
     fn init(&mut self, ops: &mut EventOps) {
-        if self.lifecycle.init(ops) {
+        if self.queues.init(ops) {
             self.process_queue();
         }
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
-        if self.lifecycle.handle_event(events, ops) {
+        if self.queues.handle_event(events, ops) {
             self.process_queue();
         }
     }
@@ -177,7 +95,7 @@ mod tests {
         VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN,
         VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_SCSI_CMD, VIRTIO_BLK_T_WRITE_ZEROES,
     };
-    use vm_memory::Bytes;
+    use vm_memory::{Bytes, GuestAddress};
     use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
     use super::*;

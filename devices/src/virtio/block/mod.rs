@@ -7,7 +7,8 @@
 //! - `disk`: the host file: positional reads and writes straight between the file and guest
 //!   memory, `fdatasync`, hole punching and zeroing.
 //! - `event_handler`: the `event-manager` subscriber that watches the queue and runs the
-//!   requests.
+//!   requests. Activation, disable, reset and the event-loop registrations are the shared
+//!   one-queue `DeviceQueues` lifecycle (see the [virtio module](super)).
 //! - [`BlockStats`] (`stats`): request counts, bytes and host time per device, relaxed
 //!   atomics the event loop adds to and anyone holding [`Block::stats`] reads without a lock.
 //!

@@ -4,14 +4,14 @@
 use std::sync::Arc;
 
 use virtio_bindings::virtio_net as vn;
-use virtio_queue::{Queue, QueueT};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::tap::{NetBackend, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_UFO};
 use super::{NetError, MAX_TX_CHAIN, QUEUE_SIZE, RX_QUEUE, TX_QUEUE};
 use crate::report::ErrorLog;
+use crate::virtio::device_queues::DeviceQueues;
 use crate::virtio::{
-    ActivateError, ActiveQueue, VirtioDevice, VirtioInterrupt, FEATURE_VERSION_1, TYPE_NET,
+    read_config_bytes, ActivateError, ActiveQueue, VirtioDevice, VirtioInterrupt,
+    FEATURE_VERSION_1, TYPE_NET,
 };
 use petrel_memory::GuestMemoryMmap;
 
@@ -89,18 +89,6 @@ pub struct NetStats {
     pub rx_bad_chains: u64,
 }
 
-/// The state of an activated device, used by the event loop.
-pub(super) struct Active {
-    pub(super) mem: GuestMemoryMmap,
-    pub(super) interrupt: Arc<dyn VirtioInterrupt>,
-    pub(super) rx: Queue,
-    pub(super) rx_notify: EventFd,
-    pub(super) tx: Queue,
-    pub(super) tx_notify: EventFd,
-    /// The queues hit an error only a reset clears; they are not used until then.
-    pub(super) broken: bool,
-}
-
 /// A virtio-net device in front of a [`NetBackend`] (normally a [`Tap`](super::Tap)).
 ///
 /// Put it behind a transport as an `Arc<Mutex<Net<B>>>`, and register the same `Arc` with the
@@ -109,13 +97,8 @@ pub struct Net<B: NetBackend> {
     pub(super) backend: B,
     mac: [u8; 6],
     pub(super) acked_features: u64,
-    /// Written on activation and reset so the event loop re-reads the device's state.
-    pub(super) state_changed: EventFd,
-    pub(super) active: Option<Active>,
-    /// How many times the device was activated, to tell new queue eventfds from old ones.
-    pub(super) activations: u64,
-    /// The queue eventfds the event loop watches (rx, tx), and their activation.
-    pub(super) watched: Option<(u64, EventFd, EventFd)>,
+    /// The two queues, their activation and their link to the event loop.
+    pub(super) queues: DeviceQueues,
     /// Whether the event loop watches the backend's fd.
     pub(super) backend_watched: bool,
     /// Whether the receive path wants the backend's fd watched (it has buffers to fill).
@@ -126,7 +109,6 @@ pub struct Net<B: NetBackend> {
     pub(super) tx_buf: Vec<u8>,
     pub(super) stats: NetStats,
     pub(super) backend_errors: ErrorLog,
-    pub(super) interrupt_errors: ErrorLog,
 }
 
 impl<B: NetBackend> Net<B> {
@@ -134,14 +116,18 @@ impl<B: NetBackend> Net<B> {
     /// [`generated_mac`]`(backend.name())`. Fails only if its eventfd cannot be created.
     pub fn new(backend: B, mac: Option<[u8; 6]>) -> Result<Self, NetError> {
         let mac = mac.unwrap_or_else(|| generated_mac(backend.name()));
+        let queues = DeviceQueues::new(
+            format!("virtio-net {}", backend.name()),
+            2,
+            &[RX_QUEUE, TX_QUEUE],
+            "virtio-net interrupt",
+        )
+        .map_err(NetError::EventFd)?;
         Ok(Self {
             backend,
             mac,
             acked_features: 0,
-            state_changed: EventFd::new(EFD_NONBLOCK).map_err(NetError::EventFd)?,
-            active: None,
-            activations: 0,
-            watched: None,
+            queues,
             backend_watched: false,
             rx_wants_backend: false,
             rx_pending: None,
@@ -150,7 +136,6 @@ impl<B: NetBackend> Net<B> {
             tx_buf: Vec::with_capacity(MAX_TX_CHAIN),
             stats: NetStats::default(),
             backend_errors: ErrorLog::new("virtio-net backend"),
-            interrupt_errors: ErrorLog::new("virtio-net interrupt"),
         })
     }
 
@@ -166,7 +151,7 @@ impl<B: NetBackend> Net<B> {
 
     /// Whether the driver has started the device.
     pub fn is_active(&self) -> bool {
-        self.active.is_some()
+        self.queues.is_active()
     }
 
     /// Frame counters.
@@ -216,14 +201,7 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
         let mut config = [0u8; CONFIG_LEN];
         config[..6].copy_from_slice(&self.mac);
         config[6..8].copy_from_slice(&(vn::VIRTIO_NET_S_LINK_UP as u16).to_le_bytes());
-        for (i, byte) in data.iter_mut().enumerate() {
-            *byte = usize::try_from(offset)
-                .ok()
-                .and_then(|o| o.checked_add(i))
-                .and_then(|o| config.get(o))
-                .copied()
-                .unwrap_or(0);
-        }
+        read_config_bytes(&config, offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
@@ -240,57 +218,23 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
         interrupt: Arc<dyn VirtioInterrupt>,
         queues: Vec<ActiveQueue>,
     ) -> Result<(), ActivateError> {
-        if self.active.is_some() {
-            return Err(ActivateError::AlreadyActive);
-        }
-        let got = queues.len();
-        let Ok([rx, tx]) = <[ActiveQueue; 2]>::try_from(queues) else {
-            return Err(ActivateError::QueueCount { expected: 2, got });
-        };
-        for (index, queue) in [(RX_QUEUE, &rx), (TX_QUEUE, &tx)] {
-            if !queue.queue.ready() {
-                return Err(ActivateError::QueueNotReady { index });
-            }
-        }
-        self.state_changed
-            .write(1)
-            .map_err(ActivateError::EventLoop)?;
-        self.activations += 1;
+        self.queues.activate(mem, interrupt, queues)?;
         self.rx_pending = None;
         self.rx_wants_backend = true;
-        self.active = Some(Active {
-            mem,
-            interrupt,
-            rx: rx.queue,
-            rx_notify: rx.notify,
-            tx: tx.queue,
-            tx_notify: tx.notify,
-            broken: false,
-        });
         Ok(())
     }
 
     fn disable_queue(&mut self, index: u16) {
-        if let Some(active) = self.active.as_mut() {
-            match index {
-                RX_QUEUE => active.rx.set_ready(false),
-                TX_QUEUE => active.tx.set_ready(false),
-                _ => {}
-            }
-        }
+        // The event loop leaves a queue that is not ready alone.
+        self.queues.disable_queue(index);
     }
 
     fn reset(&mut self) -> bool {
-        let was_active = self.active.take().is_some();
+        self.queues.reset();
         self.acked_features = 0;
         self.rx_pending = None;
         self.rx_wants_backend = false;
         self.apply_offloads();
-        if was_active {
-            if let Err(e) = self.state_changed.write(1) {
-                log::warn!("virtio-net: cannot tell the event loop about the reset: {e}");
-            }
-        }
         true
     }
 }
@@ -300,7 +244,7 @@ impl<B: NetBackend> std::fmt::Debug for Net<B> {
         f.debug_struct("Net")
             .field("backend", &self.backend.name())
             .field("mac", &self.mac)
-            .field("active", &self.active.is_some())
+            .field("active", &self.queues.is_active())
             .field("stats", &self.stats)
             .finish_non_exhaustive()
     }
@@ -423,14 +367,7 @@ mod tests {
         let mem = guest_memory();
         let irq = Arc::new(RecordingInterrupt::default());
         let driver = DriverQueue::new(&mem, 16);
-        let queue = |ready| {
-            let mut queue = driver.device_queue();
-            queue.set_ready(ready);
-            ActiveQueue {
-                queue,
-                notify: EventFd::new(EFD_NONBLOCK).unwrap(),
-            }
-        };
+        let queue = |ready| driver.active_queue(ready);
         assert!(matches!(
             net.activate(mem.clone(), irq.clone(), vec![queue(true)]),
             Err(ActivateError::QueueCount {
@@ -446,7 +383,7 @@ mod tests {
         net.activate(mem.clone(), irq.clone(), vec![queue(true), queue(true)])
             .unwrap();
         assert!(net.is_active());
-        assert_eq!(net.state_changed.read().unwrap(), 1);
+        assert_eq!(net.queues.state_changed.read().unwrap(), 1);
         assert!(matches!(
             net.activate(mem.clone(), irq.clone(), vec![queue(true), queue(true)]),
             Err(ActivateError::AlreadyActive)

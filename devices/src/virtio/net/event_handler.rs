@@ -1,25 +1,26 @@
 //! The event-loop side of virtio-net: moving frames between the queues and the backend.
 //!
-//! [`Net`] is an `event-manager` `MutEventSubscriber`. It always watches its state-change
-//! eventfd; while active, both queue eventfds; and the backend's fd only while the receive
-//! path has somewhere to put a frame. A notification of the transmit queue sends every
+//! [`Net`] is an `event-manager` `MutEventSubscriber`. Through its `DeviceQueues` it always
+//! watches its state-change eventfd and, while active, both queue eventfds; itself, it
+//! watches the backend's fd only while the receive path has somewhere to put a frame. A notification of the transmit queue sends every
 //! available chain; one of the receive queue (the driver posted buffers) resumes receiving.
 
 use std::io;
-use std::os::fd::AsRawFd;
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use thiserror::Error;
 use virtio_bindings::virtio_net as vn;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+use vm_memory::{Bytes, GuestAddress};
 
-use super::device::{Active, Net, NetStats};
+use super::device::Net;
 use super::tap::NetBackend;
-use super::{MAX_TX_CHAIN, VNET_HDR_LEN};
+use super::{MAX_TX_CHAIN, RX_QUEUE, TX_QUEUE, VNET_HDR_LEN};
 use crate::report::describe;
-use crate::virtio::chain::{next_available_head, read_chain, Chain, ChainError};
-use crate::virtio::VirtioInterruptKind;
+use crate::virtio::chain::{
+    log_bad, next_available_head, next_chain, scatter, writable_buffers, Chain, QueueFault,
+};
+use crate::virtio::device_queues::QueueEvent;
 use petrel_memory::GuestMemoryMmap;
 
 /// An Ethernet header: the shortest frame worth sending.
@@ -32,34 +33,10 @@ const GSO_ECN: u8 = vn::VIRTIO_NET_HDR_GSO_ECN as u8;
 /// Why a chain or a queue could not be served.
 #[derive(Debug, Error)]
 enum NetFault {
-    /// The available ring's index is not believable (the queue needs a reset).
-    #[error("cannot read the available ring")]
-    AvailRing(#[source] virtio_queue::Error),
-    /// The available ring names a chain head outside the queue (the queue needs a reset).
-    #[error("the available ring names a bad chain")]
-    Head(#[source] ChainError),
-    /// The used ring could not be written (the queue needs a reset).
-    #[error("cannot update the used ring")]
-    UsedRing(#[source] virtio_queue::Error),
-    /// The chain could not be followed to its end.
-    #[error("broken descriptor chain")]
-    Chain(#[source] ChainError),
-    /// A buffer goes the wrong way (writable on transmit, readable on receive).
-    #[error("descriptor {index} has the wrong direction")]
-    Direction {
-        /// The descriptor.
-        index: u16,
-    },
-    /// A buffer is not in guest memory.
-    #[error("descriptor {index} ({len} bytes at {addr:#x}) is outside guest memory")]
-    OutsideMemory {
-        /// The descriptor.
-        index: u16,
-        /// Its address.
-        addr: u64,
-        /// Its length.
-        len: u32,
-    },
+    /// A fault every device can meet: in a queue itself (it needs a reset) or in a chain
+    /// (a buffer going the wrong way: writable on transmit, readable on receive).
+    #[error(transparent)]
+    Queue(#[from] QueueFault),
     /// A transmit chain is longer than a header and the largest frame.
     #[error("transmit chain of {len} bytes is longer than {MAX_TX_CHAIN}")]
     TooLong {
@@ -86,35 +63,11 @@ enum NetFault {
     Backend(#[source] io::Error),
 }
 
-/// Logs a guest mistake: the first at warning level, the rest at debug level.
-fn log_bad(count: u64, fault: &NetFault) {
-    if count == 1 {
-        log::warn!(
-            "virtio-net: bad request from the guest: {}; further ones are logged at debug level",
-            describe(fault)
-        );
-    } else {
-        log::debug!("virtio-net: bad request: {}", describe(fault));
-    }
-}
-
-/// The next available chain, copied out of the descriptor table.
-fn next_chain(queue: &mut Queue, mem: &GuestMemoryMmap) -> Result<Option<Chain>, NetFault> {
-    let Some(head) = next_available_head(queue, mem).map_err(NetFault::AvailRing)? else {
-        return Ok(None);
-    };
-    let chain = read_chain(mem, GuestAddress(queue.desc_table()), queue.size(), head);
-    if let Some(error @ ChainError::HeadOutOfRange { .. }) = chain.error {
-        return Err(NetFault::Head(error));
-    }
-    Ok(Some(chain))
-}
-
 /// Whether the driver has made a chain available, without taking it.
 fn has_available(queue: &mut Queue, mem: &GuestMemoryMmap) -> Result<bool, NetFault> {
     let start = queue.next_avail();
     let found = next_available_head(queue, mem)
-        .map_err(NetFault::AvailRing)?
+        .map_err(QueueFault::AvailRing)?
         .is_some();
     queue.set_next_avail(start);
     Ok(found)
@@ -175,12 +128,12 @@ fn gather_tx(
     buf: &mut Vec<u8>,
 ) -> Result<(), NetFault> {
     if let Some(error) = chain.error {
-        return Err(NetFault::Chain(error));
+        return Err(QueueFault::Chain(error).into());
     }
     let mut total: u64 = 0;
     for desc in &chain.descriptors {
         if desc.writable {
-            return Err(NetFault::Direction { index: desc.index });
+            return Err(QueueFault::Direction { index: desc.index }.into());
         }
         total += u64::from(desc.len);
         if total > MAX_TX_CHAIN as u64 {
@@ -192,7 +145,7 @@ fn gather_tx(
         let start = buf.len();
         buf.resize(start + desc.len as usize, 0);
         mem.read_slice(&mut buf[start..], GuestAddress(desc.addr))
-            .map_err(|_| NetFault::OutsideMemory {
+            .map_err(|_| QueueFault::OutsideMemory {
                 index: desc.index,
                 addr: desc.addr,
                 len: desc.len,
@@ -206,28 +159,7 @@ fn gather_tx(
 
 /// The writable buffers of a receive chain, checked, and their total size.
 fn rx_buffers(mem: &GuestMemoryMmap, chain: &Chain) -> Result<(Vec<(u64, u32)>, u64), NetFault> {
-    if let Some(error) = chain.error {
-        return Err(NetFault::Chain(error));
-    }
-    let mut buffers = Vec::with_capacity(chain.descriptors.len());
-    let mut total = 0u64;
-    for desc in &chain.descriptors {
-        if !desc.writable {
-            return Err(NetFault::Direction { index: desc.index });
-        }
-        if desc.len == 0 {
-            continue;
-        }
-        if !mem.check_range(GuestAddress(desc.addr), desc.len as usize) {
-            return Err(NetFault::OutsideMemory {
-                index: desc.index,
-                addr: desc.addr,
-                len: desc.len,
-            });
-        }
-        buffers.push((desc.addr, desc.len));
-        total += u64::from(desc.len);
-    }
+    let (buffers, total) = writable_buffers(mem, chain)?;
     if total == 0 {
         return Err(NetFault::Empty { head: chain.head });
     }
@@ -246,13 +178,13 @@ enum Delivery {
 
 /// Puts the frame `frame` (header first) in the receive queue: one chain, or with
 /// `mergeable` as many as needed. Bad chains met on the way complete with used length 0
-/// (counted in `stats`); `used` tells whether anything went to the used ring.
+/// (their faults go to `bad_chains`); `used` tells whether anything went to the used ring.
 fn deliver(
     mem: &GuestMemoryMmap,
     queue: &mut Queue,
     frame: &mut [u8],
     mergeable: bool,
-    stats: &mut NetStats,
+    bad_chains: &mut Vec<NetFault>,
     used: &mut bool,
 ) -> Result<Delivery, NetFault> {
     let mut start = queue.next_avail();
@@ -272,16 +204,17 @@ fn deliver(
         let (buffers, size) = match rx_buffers(mem, &chain) {
             Ok(found) => found,
             Err(fault) => {
-                stats.rx_bad_chains += 1;
-                log_bad(stats.rx_bad_chains, &fault);
+                bad_chains.push(fault);
                 // Chains already taken for this frame complete empty with the bad one: the
                 // used entries of one frame must be consecutive.
                 for (head, _) in &chains {
-                    queue.add_used(mem, *head, 0).map_err(NetFault::UsedRing)?;
+                    queue
+                        .add_used(mem, *head, 0)
+                        .map_err(QueueFault::UsedRing)?;
                 }
                 queue
                     .add_used(mem, chain.head, 0)
-                    .map_err(NetFault::UsedRing)?;
+                    .map_err(QueueFault::UsedRing)?;
                 *used = true;
                 if chains.is_empty() {
                     start = queue.next_avail();
@@ -305,121 +238,62 @@ fn deliver(
     frame[10..12].copy_from_slice(&count.to_le_bytes());
     let mut rest: &[u8] = frame;
     for (head, buffers) in &chains {
-        let mut written = 0u32;
-        for &(addr, len) in buffers {
-            if rest.is_empty() {
-                break;
-            }
-            let n = rest.len().min(len as usize);
-            mem.write_slice(&rest[..n], GuestAddress(addr))
-                .map_err(|_| NetFault::OutsideMemory {
-                    index: *head,
-                    addr,
-                    len,
-                })?;
-            rest = &rest[n..];
-            written += n as u32;
-        }
+        let written = scatter(mem, buffers, rest, *head)?;
+        rest = &rest[written..];
         queue
-            .add_used(mem, *head, written)
-            .map_err(NetFault::UsedRing)?;
+            .add_used(mem, *head, written as u32)
+            .map_err(QueueFault::UsedRing)?;
     }
     *used = true;
     Ok(Delivery::Delivered)
 }
 
 impl<B: NetBackend> Net<B> {
-    /// Raises the queue interrupt if the driver wants it.
-    fn interrupt(active: &mut Active, rx: bool, errors: &crate::report::ErrorLog) {
-        let queue = if rx { &mut active.rx } else { &mut active.tx };
-        if queue.needs_notification(&active.mem).unwrap_or(true) {
-            match active.interrupt.trigger(VirtioInterruptKind::Queue) {
-                Ok(()) => errors.succeeded(),
-                Err(e) => errors.failed(&e),
-            }
-        }
-    }
-
     /// Marks the queues broken after a queue fault.
     fn break_queues(&mut self, fault: &NetFault) {
-        if let Some(active) = self.active.as_mut() {
-            log::warn!("virtio-net: {}; the device needs a reset", describe(fault));
-            active.broken = true;
-            if let Err(e) = active.interrupt.set_needs_reset() {
-                self.interrupt_errors.failed(&e);
-            }
-        }
+        self.queues.break_queues(fault);
         self.rx_wants_backend = false;
     }
 
     /// Sends every chain of the transmit queue to the backend (one queue's worth per call).
     pub(crate) fn process_tx(&mut self) {
-        let Some(active) = self.active.as_mut() else {
+        let Some(tx) = self.queues.serviceable(TX_QUEUE) else {
             return;
         };
-        if active.broken || !active.tx.ready() {
-            return;
-        }
         let features = self.acked_features;
-        let mut completed = 0usize;
-        let budget = usize::from(active.tx.size());
-        let result = (|| -> Result<(), NetFault> {
-            loop {
-                active
-                    .tx
-                    .disable_notification(&active.mem)
-                    .map_err(NetFault::UsedRing)?;
-                while let Some(chain) = next_chain(&mut active.tx, &active.mem)? {
-                    let outcome = gather_tx(&active.mem, &chain, features, &mut self.tx_buf)
-                        .and_then(|()| {
-                            self.backend
-                                .write_frame(&[&self.tx_buf])
-                                .map_err(NetFault::Backend)
-                        });
-                    active
-                        .tx
-                        .add_used(&active.mem, chain.head, 0)
-                        .map_err(NetFault::UsedRing)?;
-                    completed += 1;
-                    match outcome {
-                        Ok(_) => {
-                            self.stats.tx_frames += 1;
-                            self.stats.tx_bytes += (self.tx_buf.len() - VNET_HDR_LEN) as u64;
-                            self.backend_errors.succeeded();
-                        }
-                        Err(fault) => {
-                            self.stats.tx_dropped += 1;
-                            if let NetFault::Backend(e) = &fault {
-                                self.backend_errors.failed(e);
-                            } else {
-                                log_bad(self.stats.tx_dropped, &fault);
-                            }
-                        }
-                    }
-                    if completed >= budget {
-                        active
-                            .tx
-                            .enable_notification(&active.mem)
-                            .map_err(NetFault::UsedRing)?;
-                        // Come back after the rest of the event loop had a turn.
-                        let _ = active.tx_notify.write(1);
-                        return Ok(());
-                    }
+        let (backend, tx_buf) = (&mut self.backend, &mut self.tx_buf);
+        let mut sent = Vec::new();
+        let result = tx.drain(&mut sent, |mem, chain| {
+            let outcome = gather_tx(mem, chain, features, tx_buf)
+                .and_then(|()| {
+                    backend
+                        .write_frame(&[tx_buf.as_slice()])
+                        .map_err(NetFault::Backend)
+                })
+                .map(|_| tx_buf.len() - VNET_HDR_LEN);
+            // The device writes nothing into a transmit chain.
+            (0, outcome)
+        });
+        for outcome in &sent {
+            match outcome {
+                Ok(len) => {
+                    self.stats.tx_frames += 1;
+                    self.stats.tx_bytes += *len as u64;
+                    self.backend_errors.succeeded();
                 }
-                if !active
-                    .tx
-                    .enable_notification(&active.mem)
-                    .map_err(NetFault::UsedRing)?
-                {
-                    return Ok(());
+                Err(NetFault::Backend(e)) => {
+                    self.stats.tx_dropped += 1;
+                    self.backend_errors.failed(e);
+                }
+                Err(fault) => {
+                    self.stats.tx_dropped += 1;
+                    log_bad(self.queues.label(), self.stats.tx_dropped, &describe(fault));
                 }
             }
-        })();
-        if completed > 0 {
-            Self::interrupt(active, false, &self.interrupt_errors);
         }
+        self.queues.signal_used(TX_QUEUE, sent.len());
         if let Err(fault) = result {
-            self.break_queues(&fault);
+            self.break_queues(&fault.into());
         }
     }
 
@@ -427,20 +301,18 @@ impl<B: NetBackend> Net<B> {
     /// watching the backend when the receive queue runs out of buffers.
     pub(crate) fn process_rx(&mut self) {
         let mergeable = self.has_feature(vn::VIRTIO_NET_F_MRG_RXBUF);
-        let Some(active) = self.active.as_mut() else {
-            return;
-        };
-        if active.broken || !active.rx.ready() {
+        let Some(rx) = self.queues.serviceable(RX_QUEUE) else {
             self.rx_wants_backend = false;
             return;
-        }
+        };
+        let mut bad_chains = Vec::new();
         let mut used = false;
         let result = (|| -> Result<(), NetFault> {
             for _ in 0..RX_BUDGET {
                 let len = match self.rx_pending {
                     Some(len) => len,
                     None => {
-                        if !has_available(&mut active.rx, &active.mem)? {
+                        if !has_available(rx.queue, rx.mem)? {
                             // Wait for the driver's next notification of the receive queue.
                             self.rx_wants_backend = false;
                             return Ok(());
@@ -472,11 +344,11 @@ impl<B: NetBackend> Net<B> {
                 self.rx_pending = Some(len);
                 let frame = &mut self.rx_buf[..len];
                 match deliver(
-                    &active.mem,
-                    &mut active.rx,
+                    rx.mem,
+                    rx.queue,
                     frame,
                     mergeable,
-                    &mut self.stats,
+                    &mut bad_chains,
                     &mut used,
                 )? {
                     Delivery::Delivered => {
@@ -498,56 +370,25 @@ impl<B: NetBackend> Net<B> {
             self.rx_wants_backend = true;
             Ok(())
         })();
+        for fault in &bad_chains {
+            self.stats.rx_bad_chains += 1;
+            log_bad(
+                self.queues.label(),
+                self.stats.rx_bad_chains,
+                &describe(fault),
+            );
+        }
         if used {
-            Self::interrupt(active, true, &self.interrupt_errors);
+            self.queues.signal_used(RX_QUEUE, 1);
         }
         if let Err(fault) = result {
             self.break_queues(&fault);
         }
     }
 
-    /// Watches the current queue eventfds, and only them.
-    fn sync_queue_watch(&mut self, ops: &mut EventOps) {
-        let current = self.active.as_ref().map(|_| self.activations);
-        if self.watched.as_ref().map(|(activation, ..)| *activation) == current {
-            return;
-        }
-        if let Some((_, rx, tx)) = self.watched.take() {
-            for event in [rx, tx] {
-                if let Err(e) = ops.remove(Events::new(&event, EventSet::IN)) {
-                    log::debug!("virtio-net: cannot stop watching an old queue eventfd: {e:?}");
-                }
-            }
-        }
-        let Some(active) = self.active.as_ref() else {
-            return;
-        };
-        let watch = |event: &vmm_sys_util::eventfd::EventFd, ops: &mut EventOps| {
-            let event = event.try_clone().map_err(|e| format!("{e}"))?;
-            ops.add(Events::new(&event, EventSet::IN))
-                .map_err(|e| format!("{e:?}"))?;
-            Ok::<_, String>(event)
-        };
-        let rx = watch(&active.rx_notify, ops);
-        let tx = watch(&active.tx_notify, ops);
-        match (rx, tx) {
-            (Ok(rx), Ok(tx)) => self.watched = Some((self.activations, rx, tx)),
-            (rx, tx) => {
-                let error = rx.err().or(tx.err()).unwrap_or_default();
-                self.break_queues(&NetFault::Backend(io::Error::other(format!(
-                    "cannot watch the queues: {error}"
-                ))));
-            }
-        }
-    }
-
     /// Watches the backend's fd exactly when the receive path wants frames.
     fn sync_backend_watch(&mut self, ops: &mut EventOps) {
-        let want = self.rx_wants_backend
-            && self
-                .active
-                .as_ref()
-                .is_some_and(|a| !a.broken && a.rx.ready());
+        let want = self.rx_wants_backend && self.queues.is_serviceable(RX_QUEUE);
         if want == self.backend_watched {
             return;
         }
@@ -570,47 +411,32 @@ impl<B: NetBackend> Net<B> {
 
 impl<B: NetBackend> MutEventSubscriber for Net<B> {
     fn init(&mut self, ops: &mut EventOps) {
-        if let Err(e) = ops.add(Events::new(&self.state_changed, EventSet::IN)) {
-            log::error!(
-                "virtio-net: cannot watch the device's eventfd, the device will not work: {e:?}"
-            );
+        if !self.queues.init(ops) {
             return;
         }
-        self.sync_queue_watch(ops);
         self.process_tx();
         self.process_rx();
         self.sync_backend_watch(ops);
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
-        let fd = events.fd();
-        let watched = self
-            .watched
-            .as_ref()
-            .map(|(_, rx, tx)| (rx.as_raw_fd(), tx.as_raw_fd()));
-        if fd == self.state_changed.as_raw_fd() {
-            // EAGAIN only means the counter was already read.
-            let _ = self.state_changed.read();
-            self.sync_queue_watch(ops);
-            self.process_tx();
-            self.process_rx();
-        } else if watched.is_some_and(|(rx, _)| rx == fd) {
-            if let Some((_, rx, _)) = self.watched.as_ref() {
-                let _ = rx.read();
+        match self.queues.classify_event(events, ops) {
+            QueueEvent::StateChanged => {
+                self.process_tx();
+                self.process_rx();
             }
-            self.rx_wants_backend = true;
-            self.process_rx();
-        } else if watched.is_some_and(|(_, tx)| tx == fd) {
-            if let Some((_, _, tx)) = self.watched.as_ref() {
-                let _ = tx.read();
+            QueueEvent::Queue(RX_QUEUE) => {
+                self.rx_wants_backend = true;
+                self.process_rx();
             }
-            self.process_tx();
-        } else if self.backend_watched && fd == self.backend.raw_fd() {
-            self.process_rx();
-        } else {
-            log::debug!("virtio-net: event on fd {fd} it does not watch, dropped");
-            let _ = ops.remove(events);
-            return;
+            QueueEvent::Queue(_) => self.process_tx(),
+            QueueEvent::Other(fd) if self.backend_watched && fd == self.backend.raw_fd() => {
+                self.process_rx();
+            }
+            QueueEvent::Other(_) => {
+                self.queues.drop_event(events, ops);
+                return;
+            }
         }
         self.sync_backend_watch(ops);
     }
@@ -852,7 +678,8 @@ mod tests {
         assert_eq!(h.driver.used_idx(), SIZE);
         assert_eq!(h.sent().len(), usize::from(SIZE));
         assert_eq!(h.irq.counts(), (1, 0, 0), "one interrupt for the batch");
-        let tx_notify = &h.net.active.as_ref().unwrap().tx_notify;
+        let active = h.net.queues.active.as_ref().unwrap();
+        let tx_notify = &active.queues[usize::from(TX_QUEUE)].notify;
         assert_eq!(
             tx_notify.read().unwrap(),
             1,

@@ -6,7 +6,10 @@
 //!   uses, and checksum/segmentation offloads pass through untouched.
 //! - [`Net`] (`device`): features, configuration space (MAC, link status), the
 //!   [`VirtioDevice`](super::VirtioDevice) implementation, and the generated MAC.
-//! - `event_handler`: the `event-manager` subscriber that moves frames.
+//! - `event_handler`: the `event-manager` subscriber that moves frames. Activation (two
+//!   ready queues), disable, reset and watching both queue eventfds are the shared
+//!   `DeviceQueues` lifecycle (see the [virtio module](super)); the device adds watching the
+//!   TAP's fd.
 //!
 //! # Queues and features
 //!
@@ -55,7 +58,7 @@ use std::io;
 use thiserror::Error;
 
 pub use self::device::{generated_mac, Net, NetStats};
-pub use self::tap::{NetBackend, Tap, TapError};
+pub use self::tap::{is_valid_tap_name, NetBackend, Tap, TapError};
 
 /// The size of each of the device's two queues.
 pub const QUEUE_SIZE: u16 = 256;

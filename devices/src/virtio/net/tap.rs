@@ -12,6 +12,10 @@ use thiserror::Error;
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 /// `TUNSETOFFLOAD`, `_IOW('T', 208, unsigned int)`.
 const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+/// `TUNGETIFF`, `_IOR('T', 210, unsigned int)`: fills a `struct ifreq` with the interface's
+/// name and `IFF_*` flags.
+#[cfg(test)]
+const TUNGETIFF: libc::c_ulong = 0x8004_54d2;
 /// `TUNSETVNETHDRSZ`, `_IOW('T', 216, int)`.
 const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
 /// `IFF_TAP`: an Ethernet (layer 2) device.
@@ -99,15 +103,20 @@ pub struct Tap {
     name: String,
 }
 
-fn check_name(name: &str) -> Result<CString, TapError> {
-    let bad = name.is_empty()
+/// Whether Linux accepts `name` as a network interface name: 1 to 15 bytes, not `.` or
+/// `..`, no `/`, `:`, whitespace or NUL.
+pub fn is_valid_tap_name(name: &str) -> bool {
+    !(name.is_empty()
         || name.len() >= IFNAMSIZ
         || name == "."
         || name == ".."
         || name
             .bytes()
-            .any(|b| b == b'/' || b == b':' || b == 0 || b.is_ascii_whitespace());
-    if bad {
+            .any(|b| b == b'/' || b == b':' || b == 0 || b.is_ascii_whitespace()))
+}
+
+fn check_name(name: &str) -> Result<CString, TapError> {
+    if !is_valid_tap_name(name) {
         return Err(TapError::InvalidName(name.to_owned()));
     }
     CString::new(name).map_err(|_| TapError::InvalidName(name.to_owned()))
@@ -281,37 +290,64 @@ mod tests {
         }
     }
 
-    /// Creates a real TAP. It needs /dev/net/tun and CAP_NET_ADMIN, which petrel's test
-    /// machines have; it fails loudly rather than skipping if they are missing.
+    /// Whether an interface `name` exists in this thread's network namespace.
+    fn interface_exists(name: &str) -> bool {
+        let name = CString::new(name).unwrap();
+        // SAFETY: the name is a NUL-terminated string.
+        unsafe { libc::if_nametoindex(name.as_ptr()) != 0 }
+    }
+
+    /// Creates a real TAP inside a network namespace of its own (the test thread unshares
+    /// one, which disappears with the thread), so the host's interfaces are never touched.
+    /// It needs /dev/net/tun and CAP_NET_ADMIN, which petrel's test machines have; it fails
+    /// loudly rather than skipping if they are missing.
     #[test]
     fn a_tap_is_created_configured_and_removed() {
         assert!(
             Path::new("/dev/net/tun").exists(),
             "/dev/net/tun is missing: load the tun module"
         );
-        let name = unique_name();
-        let sys = Path::new("/sys/class/net").join(&name);
-        assert!(!sys.exists());
-        let mut tap = Tap::open(&name).unwrap();
-        assert!(sys.exists(), "the TAP was created");
-        assert_eq!(tap.name(), name);
-        let flags = std::fs::read_to_string(sys.join("tun_flags")).unwrap();
-        let flags = u32::from_str_radix(flags.trim().trim_start_matches("0x"), 16).unwrap();
-        let want = (IFF_TAP | IFF_NO_PI | IFF_VNET_HDR) as u32;
-        assert_eq!(flags & want, want, "tun_flags {flags:#x}");
-        // The interface is down and nobody sends: reading does not block.
-        let mut buf = [0u8; 2048];
-        assert_eq!(
-            tap.read_frame(&mut buf).unwrap_err().kind(),
-            io::ErrorKind::WouldBlock
-        );
-        tap.set_offload(TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_UFO)
-            .unwrap();
-        tap.set_offload(0).unwrap();
-        assert!(tap.set_offload(0x8000_0000).is_err(), "unknown offload bit");
-        // A second open of the same single-queue TAP is refused, with a clear error.
-        assert!(matches!(Tap::open(&name), Err(TapError::Busy(_))));
-        drop(tap);
-        assert!(!sys.exists(), "a TAP petrel created goes away with it");
+        std::thread::spawn(|| {
+            // SAFETY: unshare(2) with CLONE_NEWNET moves only this thread to a new namespace.
+            let ret = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+            assert_eq!(
+                ret,
+                0,
+                "unshare(CLONE_NEWNET) needs CAP_SYS_ADMIN: {}",
+                io::Error::last_os_error()
+            );
+            let name = unique_name();
+            assert!(!interface_exists(&name));
+            let mut tap = Tap::open(&name).unwrap();
+            assert!(interface_exists(&name), "the TAP was created");
+            assert_eq!(tap.name(), name);
+            let mut ifreq = [0u8; IFREQ_SIZE];
+            // SAFETY: TUNGETIFF fills one `struct ifreq`; `ifreq` is that large and lives
+            // across the call.
+            let ret = unsafe { libc::ioctl(tap.file.as_raw_fd(), TUNGETIFF, ifreq.as_mut_ptr()) };
+            assert_eq!(ret, 0, "TUNGETIFF: {}", io::Error::last_os_error());
+            let flags = libc::c_short::from_ne_bytes([ifreq[IFNAMSIZ], ifreq[IFNAMSIZ + 1]]);
+            let want = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
+            assert_eq!(flags & want, want, "tun flags {flags:#x}");
+            // The interface is down and nobody sends: reading does not block.
+            let mut buf = [0u8; 2048];
+            assert_eq!(
+                tap.read_frame(&mut buf).unwrap_err().kind(),
+                io::ErrorKind::WouldBlock
+            );
+            tap.set_offload(TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_UFO)
+                .unwrap();
+            tap.set_offload(0).unwrap();
+            assert!(tap.set_offload(0x8000_0000).is_err(), "unknown offload bit");
+            // A second open of the same single-queue TAP is refused, with a clear error.
+            assert!(matches!(Tap::open(&name), Err(TapError::Busy(_))));
+            drop(tap);
+            assert!(
+                !interface_exists(&name),
+                "a TAP petrel created goes away with it"
+            );
+        })
+        .join()
+        .unwrap();
     }
 }

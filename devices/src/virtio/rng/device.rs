@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use super::{RngError, QUEUE_SIZE};
 use crate::report::ErrorLog;
-use crate::virtio::single_queue::SingleQueue;
+use crate::virtio::device_queues::DeviceQueues;
 use crate::virtio::{
     ActivateError, ActiveQueue, VirtioDevice, VirtioInterrupt, FEATURE_VERSION_1, TYPE_RNG,
 };
@@ -18,7 +18,7 @@ use petrel_memory::GuestMemoryMmap;
 pub struct Rng {
     acked_features: u64,
     /// The queue, its activation and its link to the event loop.
-    pub(super) lifecycle: SingleQueue,
+    pub(super) queues: DeviceQueues,
     /// Requests the guest got wrong so far (the first is logged at warning level).
     pub(super) bad_requests: u64,
     /// Bytes of entropy given to the guest since the device was created.
@@ -31,7 +31,7 @@ impl Rng {
     pub fn new() -> Result<Self, RngError> {
         Ok(Self {
             acked_features: 0,
-            lifecycle: SingleQueue::new("virtio-rng".to_string(), "virtio-rng interrupt")
+            queues: DeviceQueues::new("virtio-rng".to_string(), 1, &[0], "virtio-rng interrupt")
                 .map_err(RngError::EventFd)?,
             bad_requests: 0,
             bytes_served: 0,
@@ -46,7 +46,7 @@ impl Rng {
 
     /// Whether the driver has started the device.
     pub fn is_active(&self) -> bool {
-        self.lifecycle.is_active()
+        self.queues.is_active()
     }
 
     /// Bytes of entropy the device has written into guest memory since it was created.
@@ -90,16 +90,16 @@ impl VirtioDevice for Rng {
         interrupt: Arc<dyn VirtioInterrupt>,
         queues: Vec<ActiveQueue>,
     ) -> Result<(), ActivateError> {
-        self.lifecycle.activate(mem, interrupt, queues)
+        self.queues.activate(mem, interrupt, queues)
     }
 
     fn disable_queue(&mut self, index: u16) {
         // `process_queue` leaves a queue that is not ready alone.
-        self.lifecycle.disable_queue(index);
+        self.queues.disable_queue(index);
     }
 
     fn reset(&mut self) -> bool {
-        self.lifecycle.reset();
+        self.queues.reset();
         self.acked_features = 0;
         true
     }
@@ -108,7 +108,7 @@ impl VirtioDevice for Rng {
 impl std::fmt::Debug for Rng {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Rng")
-            .field("active", &self.lifecycle.is_active())
+            .field("active", &self.queues.is_active())
             .field("bytes_served", &self.bytes_served)
             .finish_non_exhaustive()
     }
@@ -118,8 +118,6 @@ impl std::fmt::Debug for Rng {
 mod tests {
     use super::*;
     use crate::virtio::test_utils::{guest_memory, DriverQueue, RecordingInterrupt};
-    use virtio_queue::QueueT;
-    use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
     #[test]
     fn only_version_1_and_no_config_space() {
@@ -143,14 +141,7 @@ mod tests {
         let mem = guest_memory();
         let irq = Arc::new(RecordingInterrupt::default());
         let driver = DriverQueue::new(&mem, 16);
-        let queue = |ready| {
-            let mut queue = driver.device_queue();
-            queue.set_ready(ready);
-            ActiveQueue {
-                queue,
-                notify: EventFd::new(EFD_NONBLOCK).unwrap(),
-            }
-        };
+        let queue = |ready| driver.active_queue(ready);
         assert!(matches!(
             rng.activate(mem.clone(), irq.clone(), vec![queue(true), queue(true)]),
             Err(ActivateError::QueueCount { got: 2, .. })
@@ -163,7 +154,7 @@ mod tests {
         rng.activate(mem.clone(), irq.clone(), vec![queue(true)])
             .unwrap();
         assert!(rng.is_active());
-        assert_eq!(rng.lifecycle.state_changed.read().unwrap(), 1);
+        assert_eq!(rng.queues.state_changed.read().unwrap(), 1);
         assert!(matches!(
             rng.activate(mem.clone(), irq.clone(), vec![queue(true)]),
             Err(ActivateError::AlreadyActive)

@@ -1,11 +1,12 @@
 //! The event-loop side of virtio-rng: watching the queue and filling the driver's buffers
 //! with entropy from the host.
 //!
-//! [`Rng`] is an `event-manager` `MutEventSubscriber`, built like virtio-blk's: it always
-//! watches its own state-change eventfd (written on activation and reset) and, while
-//! active, the queue's notification eventfd. On a notification it drains the available ring:
-//! each chain is answered ([`answer`]), put in the used ring with the number of bytes
-//! written, and one queue interrupt is raised for the batch. While draining, the device sets
+//! [`Rng`] is an `event-manager` `MutEventSubscriber`, built like virtio-blk's on the shared
+//! `DeviceQueues` lifecycle: it always watches its own state-change eventfd (written on
+//! activation and reset) and, while active, the queue's notification eventfd. On a
+//! notification it drains the available ring: each chain is answered ([`answer`]), put in
+//! the used ring with the number of bytes written, and one queue interrupt is raised for
+//! the batch. While draining, the device sets
 //! `VRING_USED_F_NO_NOTIFY` and re-checks the ring after clearing it, so no request is missed.
 //! A batch stops after one queue's worth of chains; the device then signals its own
 //! notification eventfd so other event-loop work runs before it continues.
@@ -14,46 +15,25 @@ use std::io;
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use thiserror::Error;
-use virtio_queue::QueueT;
 use vm_memory::{GuestAddress, GuestMemoryBackend};
 
 use super::device::Rng;
 use super::MAX_REQUEST_BYTES;
 use crate::report::describe;
-use crate::virtio::chain::{next_available_head, read_chain, Chain, ChainError};
-use crate::virtio::single_queue::QueueState;
+use crate::virtio::chain::{log_bad, Chain, QueueFault};
 use petrel_memory::GuestMemoryMmap;
 
 /// Why a request or the queue could not be served.
 #[derive(Debug, Error)]
 enum RngFault {
-    /// The available ring's index is not believable (the queue needs a reset).
-    #[error("cannot read the available ring")]
-    AvailRing(#[source] virtio_queue::Error),
-    /// The available ring names a chain head outside the queue (the queue needs a reset).
-    #[error("the available ring names a bad chain")]
-    Head(#[source] ChainError),
-    /// The used ring or its flags could not be written (the queue needs a reset).
-    #[error("cannot update the used ring")]
-    UsedRing(#[source] virtio_queue::Error),
-    /// The chain could not be followed to its end.
-    #[error("broken descriptor chain")]
-    Chain(#[source] ChainError),
+    /// A fault every device can meet: in the queue itself (it needs a reset) or in a chain.
+    #[error(transparent)]
+    Queue(#[from] QueueFault),
     /// The chain has no device-writable byte.
     #[error("chain {head} has no device-writable buffer")]
     NothingWritable {
         /// The chain's head.
         head: u16,
-    },
-    /// A writable buffer is not in guest memory.
-    #[error("descriptor {index} ({len} bytes at {addr:#x}) is outside guest memory")]
-    OutsideMemory {
-        /// The descriptor.
-        index: u16,
-        /// Its address.
-        addr: u64,
-        /// The length the device would have written.
-        len: u32,
     },
     /// The host's `getrandom(2)` failed.
     #[error("getrandom failed")]
@@ -101,7 +81,7 @@ fn fill(mem: &GuestMemoryMmap, addr: u64, len: u32) -> io::Result<()> {
 /// is reported as written (the caller completes the chain with length 0).
 fn answer(mem: &GuestMemoryMmap, chain: &Chain) -> Result<u32, RngFault> {
     if let Some(error) = chain.error {
-        return Err(RngFault::Chain(error));
+        return Err(QueueFault::Chain(error).into());
     }
     // Check every buffer before writing any.
     let mut plan = Vec::new();
@@ -112,11 +92,12 @@ fn answer(mem: &GuestMemoryMmap, chain: &Chain) -> Result<u32, RngFault> {
             continue;
         }
         if !mem.check_range(GuestAddress(desc.addr), len as usize) {
-            return Err(RngFault::OutsideMemory {
+            return Err(QueueFault::OutsideMemory {
                 index: desc.index,
                 addr: desc.addr,
                 len,
-            });
+            }
+            .into());
         }
         plan.push((desc.addr, len));
         remaining -= len;
@@ -130,55 +111,19 @@ fn answer(mem: &GuestMemoryMmap, chain: &Chain) -> Result<u32, RngFault> {
     Ok(MAX_REQUEST_BYTES - remaining)
 }
 
-/// Answers available chains until the ring is empty or one queue's worth is done; each
-/// chain's outcome goes to `answered`. An error returned breaks the queue.
-fn run_queue(
-    active: &mut QueueState,
-    answered: &mut Vec<Result<u32, RngFault>>,
-) -> Result<(), RngFault> {
-    let QueueState {
-        mem, queue, notify, ..
-    } = active;
-    let budget = usize::from(queue.size());
-    loop {
-        queue
-            .disable_notification(mem)
-            .map_err(RngFault::UsedRing)?;
-        while let Some(head) = next_available_head(queue, mem).map_err(RngFault::AvailRing)? {
-            let chain = read_chain(mem, GuestAddress(queue.desc_table()), queue.size(), head);
-            if let Some(error @ ChainError::HeadOutOfRange { .. }) = chain.error {
-                return Err(RngFault::Head(error));
-            }
-            let outcome = answer(mem, &chain);
-            let used_len = *outcome.as_ref().unwrap_or(&0);
-            queue
-                .add_used(mem, head, used_len)
-                .map_err(RngFault::UsedRing)?;
-            answered.push(outcome);
-            if answered.len() >= budget {
-                queue.enable_notification(mem).map_err(RngFault::UsedRing)?;
-                // Come back after the rest of the event loop had a turn. A failed write
-                // means the counter is saturated, i.e. already signalled.
-                let _ = notify.write(1);
-                return Ok(());
-            }
-        }
-        if !queue.enable_notification(mem).map_err(RngFault::UsedRing)? {
-            return Ok(());
-        }
-    }
-}
-
 impl Rng {
     /// Serves the requests the driver has made available, completes them, and raises the
     /// queue interrupt. Does nothing while the device is inactive, or its queue is broken or
     /// disabled by the driver.
     pub(crate) fn process_queue(&mut self) {
-        let Some(active) = self.lifecycle.serviceable() else {
+        let Some(active) = self.queues.serviceable(0) else {
             return;
         };
         let mut answered = Vec::new();
-        let result = run_queue(active, &mut answered);
+        let result = active.drain(&mut answered, |mem, chain| {
+            let outcome = answer(mem, chain);
+            (*outcome.as_ref().unwrap_or(&0), outcome)
+        });
         for outcome in &answered {
             match outcome {
                 Ok(bytes) => {
@@ -188,34 +133,30 @@ impl Rng {
                 Err(error @ RngFault::Entropy(_)) => self.entropy_errors.failed(&describe(error)),
                 Err(error) => {
                     self.bad_requests += 1;
-                    if self.bad_requests == 1 {
-                        log::warn!(
-                            "virtio-rng: bad request from the guest: {} (completed with 0 bytes); further bad requests are logged at debug level",
-                            describe(error)
-                        );
-                    } else {
-                        log::debug!("virtio-rng: bad request: {}", describe(error));
-                    }
+                    log_bad(
+                        self.queues.label(),
+                        self.bad_requests,
+                        &format_args!("{} (completed with 0 bytes)", describe(error)),
+                    );
                 }
             }
         }
-        self.lifecycle.signal_used(answered.len());
+        self.queues.signal_used(0, answered.len());
         if let Err(fault) = result {
-            log::warn!("virtio-rng: {}; the device needs a reset", describe(&fault));
-            self.lifecycle.needs_reset();
+            self.queues.break_queues(&fault);
         }
     }
 }
 
 impl MutEventSubscriber for Rng {
     fn init(&mut self, ops: &mut EventOps) {
-        if self.lifecycle.init(ops) {
+        if self.queues.init(ops) {
             self.process_queue();
         }
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
-        if self.lifecycle.handle_event(events, ops) {
+        if self.queues.handle_event(events, ops) {
             self.process_queue();
         }
     }
@@ -226,7 +167,7 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use event_manager::{EventManager, SubscriberOps};
-    use vm_memory::Bytes;
+    use vm_memory::{Bytes, GuestAddress};
     use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
     use super::*;

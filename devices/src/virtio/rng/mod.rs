@@ -4,7 +4,8 @@
 //! - [`Rng`] (`device`): offers the features and implements
 //!   [`VirtioDevice`](super::VirtioDevice). The device has no configuration space.
 //! - `event_handler`: the `event-manager` subscriber that watches the queue and fills the
-//!   driver's buffers.
+//!   driver's buffers. Activation, disable, reset and the event-loop registrations are the
+//!   shared one-queue `DeviceQueues` lifecycle (see the [virtio module](super)).
 //!
 //! # Requests
 //!
