@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use petrel_core::config::{DEFAULT_CMDLINE, DEFAULT_VCPUS};
 use petrel_core::disk_config::DiskConfig;
+use petrel_core::net_config::NetConfig;
+use petrel_core::vsock_config::VsockConfig;
 use petrel_core::{ConsoleConfig, MemorySize, VmConfig};
 
 /// petrel: a small virtual machine monitor for Linux/KVM.
@@ -68,6 +70,18 @@ pub struct RunArgs {
     #[arg(long, value_name = "path=FILE[,readonly=on][,id=NAME]")]
     pub disk: Vec<DiskConfig>,
 
+    /// A virtio-net interface backed by a host TAP device: tap=NAME[,mac=MAC]. petrel attaches
+    /// to an existing TAP or creates one when it has CAP_NET_ADMIN. Without mac=, the MAC is
+    /// derived from the TAP name (stable, locally administered). Repeat for more interfaces.
+    #[arg(long, value_name = "tap=NAME[,mac=MAC]")]
+    pub net: Vec<NetConfig>,
+
+    /// A virtio-vsock device for guest CID N. petrel listens on the Unix socket PATH: a host
+    /// program connects and sends "CONNECT <port>\n" to reach the guest's listener on that
+    /// port; the guest's connections to CID 2, port P, go to the Unix socket PATH_P.
+    #[arg(long, value_name = "cid=N,socket=PATH")]
+    pub vsock: Option<VsockConfig>,
+
     /// Attach a virtio-rng entropy device backed by the host's getrandom. Off by default:
     /// it costs a little boot time and most guests seed from RDRAND/RDSEED.
     #[arg(long)]
@@ -105,6 +119,8 @@ impl RunArgs {
             console: self.console.clone(),
             disks: self.disk.clone(),
             rng: self.rng,
+            nets: self.net.clone(),
+            vsock: self.vsock.clone(),
             virtio_cmdline: self.virtio_cmdline,
             boot_timer: self.boot_timer,
             exit_stats: self.exit_stats,

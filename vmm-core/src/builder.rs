@@ -166,6 +166,10 @@ pub fn build_vm(config: &VmConfig) -> Result<Vmm, BuildError> {
     log::debug!("attached the legacy devices");
     let mut virtio = VirtioDevices::new()?;
     virtio.attach_disks(&vm, &memory, &config.disks)?;
+    virtio.attach_nets(&vm, &memory, &config.nets)?;
+    if let Some(vsock) = &config.vsock {
+        virtio.attach_vsock(&vm, &memory, vsock)?;
+    }
     if config.rng {
         virtio.attach_rng(&vm, &memory)?;
     }

@@ -7,6 +7,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use petrel_memory::allocator::{FIRST_DEVICE_IRQ, LAST_DEVICE_IRQ};
 use petrel_memory::layout::{LayoutError, MemoryLayout};
 use petrel_vcpu::cpu_features::{parse_cpu_features, CpuFeatureError};
 use serde::{Deserialize, Serialize};
@@ -14,6 +15,8 @@ use serde::{Deserialize, Serialize};
 use crate::console::ConsoleConfig;
 use crate::disk_config::{validate_disks, DiskConfig, DiskConfigError};
 use crate::memory_size::MemorySize;
+use crate::net_config::{validate_nets, NetConfig, NetConfigError};
+use crate::vsock_config::{VsockConfig, VsockConfigError};
 
 /// The kernel command line used when none is given.
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1";
@@ -21,6 +24,10 @@ pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1";
 pub const DEFAULT_MEMORY: MemorySize = MemorySize::from_mib(128);
 /// The number of vCPUs used when none is given.
 pub const DEFAULT_VCPUS: u32 = 1;
+
+/// The most virtio devices a VM may have: one legacy interrupt line each
+/// ([`FIRST_DEVICE_IRQ`]..=[`LAST_DEVICE_IRQ`]).
+pub const MAX_VIRTIO_DEVICES: usize = (LAST_DEVICE_IRQ - FIRST_DEVICE_IRQ + 1) as usize;
 
 /// A configuration that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +60,15 @@ pub enum ConfigError {
     /// A disk is not usable.
     #[error(transparent)]
     Disk(#[from] DiskConfigError),
+    /// A network interface is not usable.
+    #[error(transparent)]
+    Net(#[from] NetConfigError),
+    /// The vsock device is not usable.
+    #[error(transparent)]
+    Vsock(#[from] VsockConfigError),
+    /// More virtio devices than interrupt lines.
+    #[error("{0} virtio devices (disks, network interfaces, rng, vsock) is more than the {MAX_VIRTIO_DEVICES} interrupt lines petrel has for them")]
+    TooManyVirtioDevices(usize),
     /// The CPU feature list is not valid.
     #[error("--cpu-features: {0}")]
     CpuFeatures(#[from] CpuFeatureError),
@@ -90,6 +106,12 @@ pub struct VmConfig {
     /// their pool from RDRAND/RDSEED (Firecracker's entropy device is opt-in too).
     #[serde(default)]
     pub rng: bool,
+    /// virtio-net interfaces, each backed by a host TAP device.
+    #[serde(default)]
+    pub nets: Vec<NetConfig>,
+    /// A virtio-vsock device, with Firecracker's Unix-socket model on the host side.
+    #[serde(default)]
+    pub vsock: Option<VsockConfig>,
     /// Also describe virtio-mmio devices on the kernel command line (`virtio_mmio.device=`),
     /// for kernels built with VIRTIO_MMIO_CMDLINE_DEVICES; the DSDT always describes them.
     #[serde(default)]
@@ -130,6 +152,8 @@ impl VmConfig {
             console: ConsoleConfig::default(),
             disks: Vec::new(),
             rng: false,
+            nets: Vec::new(),
+            vsock: None,
             virtio_cmdline: false,
             boot_timer: false,
             exit_stats: false,
@@ -152,6 +176,17 @@ impl VmConfig {
         self.memory_layout()?;
         parse_cpu_features(&self.cpu_features)?;
         validate_disks(&self.disks)?;
+        validate_nets(&self.nets)?;
+        let devices = self.disks.len()
+            + self.nets.len()
+            + usize::from(self.rng)
+            + usize::from(self.vsock.is_some());
+        if devices > MAX_VIRTIO_DEVICES {
+            return Err(ConfigError::TooManyVirtioDevices(devices));
+        }
+        if let Some(vsock) = &self.vsock {
+            vsock.validate()?;
+        }
         if let Some(path) = &self.metrics {
             check_writable_location("metrics file", path)?;
         }
@@ -329,5 +364,27 @@ mod tests {
         assert_eq!(config.memory.mib(), 512);
         assert_eq!(config.console, ConsoleConfig::None);
         assert!(serde_json::from_str::<VmConfig>(r#"{"kernel": "/k", "vcpu": 2}"#).is_err());
+    }
+
+    #[test]
+    fn virtio_devices_are_bounded_by_interrupt_lines() {
+        let mut config = VmConfig::new(temp_file("kernel-devices", b"x"));
+        config.nets = (0..16)
+            .map(|i| format!("tap=t{i}").parse().unwrap())
+            .collect();
+        config.rng = true;
+        config.validate().unwrap();
+        config.vsock = Some("cid=3,socket=/tmp/petrel-config-v.sock".parse().unwrap());
+        config.disks = vec![DiskConfig {
+            path: temp_file("disk-devices.img", &[0; 512]),
+            read_only: true,
+            id: None,
+        }];
+        config.validate().unwrap();
+        config.disks.push(config.disks[0].clone());
+        assert!(matches!(
+            config.validate(),
+            Err(ConfigError::TooManyVirtioDevices(20))
+        ));
     }
 }

@@ -12,7 +12,9 @@ use petrel_devices::virtio::block::{Block, BlockConfig, BlockError};
 use petrel_devices::virtio::mmio::{
     kernel_cmdline_entry, queue_notify_address, MmioError, MmioTransport, VIRTIO_MMIO_WINDOW,
 };
+use petrel_devices::virtio::net::{Net, NetError, Tap, TapError};
 use petrel_devices::virtio::rng::{Rng, RngError};
+use petrel_devices::virtio::vsock::{Vsock, VsockConfig as VsockDeviceConfig, VsockError};
 use petrel_devices::virtio::VirtioDevice;
 use petrel_memory::allocator::{AllocatorError, ResourceAllocator};
 use petrel_memory::GuestMemoryMmap;
@@ -20,8 +22,10 @@ use petrel_memory::GuestMemoryMmap;
 use crate::disk_config::DiskConfig;
 use crate::irq::{IrqError, IrqfdLine};
 use crate::kvm_vm::KvmVm;
-use crate::stats::DiskStats;
+use crate::net_config::NetConfig;
+use crate::stats::{DiskStats, NetHandle};
 use crate::vmm::Subscriber;
+use crate::vsock_config::VsockConfig;
 
 /// Errors registering a virtio device.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +63,27 @@ pub enum DeviceManagerError {
         #[source]
         source: BlockError,
     },
+    /// A TAP device could not be opened or created.
+    #[error("cannot open TAP {tap}")]
+    Tap {
+        /// The interface name.
+        tap: String,
+        /// Why.
+        #[source]
+        source: TapError,
+    },
+    /// A network device could not be created.
+    #[error("cannot create the network device for TAP {tap}")]
+    Net {
+        /// The interface name.
+        tap: String,
+        /// Why.
+        #[source]
+        source: NetError,
+    },
+    /// The vsock device could not be created (its Unix socket, usually).
+    #[error("cannot create the vsock device")]
+    Vsock(#[source] VsockError),
     /// The entropy device could not be created.
     #[error("cannot create the entropy device")]
     Rng(#[source] RngError),
@@ -77,6 +102,10 @@ pub struct VirtioDevices {
     pub cmdline_entries: Vec<String>,
     /// The request counters of each disk, in attach order.
     pub disks: Vec<DiskStats>,
+    /// The network interfaces, in attach order.
+    pub nets: Vec<NetHandle>,
+    /// The vsock device, if there is one.
+    pub vsock: Option<Arc<Mutex<Vsock>>>,
 }
 
 impl VirtioDevices {
@@ -89,6 +118,8 @@ impl VirtioDevices {
             acpi: Vec::new(),
             cmdline_entries: Vec::new(),
             disks: Vec::new(),
+            nets: Vec::new(),
+            vsock: None,
         })
     }
 
@@ -173,6 +204,59 @@ impl VirtioDevices {
             self.disks.push(stats);
         }
         Ok(())
+    }
+
+    /// Opens (or creates) each interface's TAP and attaches it as a virtio-net device.
+    pub fn attach_nets(
+        &mut self,
+        vm: &KvmVm,
+        memory: &GuestMemoryMmap,
+        nets: &[NetConfig],
+    ) -> Result<(), DeviceManagerError> {
+        for net in nets {
+            let tap = Tap::open(&net.tap).map_err(|source| DeviceManagerError::Tap {
+                tap: net.tap.clone(),
+                source,
+            })?;
+            let device = Net::new(tap, Some(net.guest_mac().0)).map_err(|source| {
+                DeviceManagerError::Net {
+                    tap: net.tap.clone(),
+                    source,
+                }
+            })?;
+            let device = Arc::new(Mutex::new(device));
+            self.attach(vm, memory, device.clone(), device.clone(), "virtio-net")?;
+            self.nets.push(NetHandle {
+                tap: net.tap.clone(),
+                device,
+            });
+            log::info!("virtio-net on TAP {} with MAC {}", net.tap, net.guest_mac());
+        }
+        Ok(())
+    }
+
+    /// Attaches the virtio-vsock device, which binds its Unix socket now. Returns the window's
+    /// base address.
+    pub fn attach_vsock(
+        &mut self,
+        vm: &KvmVm,
+        memory: &GuestMemoryMmap,
+        config: &VsockConfig,
+    ) -> Result<u64, DeviceManagerError> {
+        let vsock = Vsock::new(VsockDeviceConfig {
+            guest_cid: config.guest_cid,
+            uds_path: config.uds_path.clone(),
+        })
+        .map_err(DeviceManagerError::Vsock)?;
+        let vsock = Arc::new(Mutex::new(vsock));
+        let base = self.attach(vm, memory, vsock.clone(), vsock.clone(), "virtio-vsock")?;
+        self.vsock = Some(vsock);
+        log::info!(
+            "virtio-vsock for CID {} on {}",
+            config.guest_cid,
+            config.uds_path.display()
+        );
+        Ok(base)
     }
 
     /// Attaches a virtio-rng entropy device backed by the host's `getrandom(2)`. Returns the

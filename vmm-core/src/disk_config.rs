@@ -10,6 +10,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::flag_options::{FlagOptions, FlagOptionsError};
+
 /// The size of a disk sector; disk images must be a whole number of them.
 pub const SECTOR_SIZE: u64 = 512;
 /// The longest id virtio-blk can report (`VIRTIO_BLK_ID_BYTES`).
@@ -23,25 +25,14 @@ pub enum DiskConfigError {
     /// `path=` is missing.
     #[error("--disk '{0}' has no path= (use path=FILE[,readonly=on][,id=NAME])")]
     NoPath(String),
-    /// A key is not one of path, readonly, id.
-    #[error("--disk '{value}': unknown option '{key}' (known: path, readonly, id)")]
-    UnknownKey {
+    /// The value is not a list of known `key=value` options.
+    #[error("--disk '{value}': {problem}")]
+    Options {
         /// The whole value.
         value: String,
-        /// The unknown key.
-        key: String,
+        /// What is wrong with it.
+        problem: FlagOptionsError,
     },
-    /// A key is given twice.
-    #[error("--disk '{value}': '{key}' is given twice")]
-    DuplicateKey {
-        /// The whole value.
-        value: String,
-        /// The repeated key.
-        key: String,
-    },
-    /// An option is not `key=value`.
-    #[error("--disk '{0}': options are key=value pairs separated by commas")]
-    Malformed(String),
     /// `readonly=` is not on/off.
     #[error("--disk '{0}': readonly takes on or off")]
     BadReadOnly(String),
@@ -85,29 +76,18 @@ impl FromStr for DiskConfig {
     type Err = DiskConfigError;
 
     fn from_str(value: &str) -> Result<Self, Self::Err> {
-        let mut options: HashMap<&str, &str> = HashMap::new();
-        for option in value.split(',') {
-            let (key, setting) = option
-                .split_once('=')
-                .ok_or_else(|| DiskConfigError::Malformed(value.to_string()))?;
-            if !matches!(key, "path" | "readonly" | "id") {
-                return Err(DiskConfigError::UnknownKey {
+        let options =
+            FlagOptions::parse(value, &["path", "readonly", "id"]).map_err(|problem| {
+                DiskConfigError::Options {
                     value: value.to_string(),
-                    key: key.to_string(),
-                });
-            }
-            if options.insert(key, setting).is_some() {
-                return Err(DiskConfigError::DuplicateKey {
-                    value: value.to_string(),
-                    key: key.to_string(),
-                });
-            }
-        }
-        let path = match options.get("path") {
-            Some(path) if !path.is_empty() => PathBuf::from(path),
-            _ => return Err(DiskConfigError::NoPath(value.to_string())),
+                    problem,
+                }
+            })?;
+        let path = match options.non_empty("path") {
+            Some(path) => PathBuf::from(path),
+            None => return Err(DiskConfigError::NoPath(value.to_string())),
         };
-        let read_only = match options.get("readonly").copied() {
+        let read_only = match options.get("readonly") {
             None | Some("off") => false,
             Some("on") => true,
             Some(_) => return Err(DiskConfigError::BadReadOnly(value.to_string())),

@@ -32,14 +32,17 @@ pub mod device_manager;
 pub mod disk_config;
 pub mod event_loop;
 pub mod exit_handler;
+pub mod flag_options;
 pub mod irq;
 pub mod kvm_vm;
 pub mod lifecycle;
 pub mod memory_size;
 pub mod metrics;
+pub mod net_config;
 pub mod signals;
 pub mod stats;
 pub mod vmm;
+pub mod vsock_config;
 
 use std::sync::OnceLock;
 use std::time::Instant;

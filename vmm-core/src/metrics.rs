@@ -15,8 +15,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde_json::{json, Value};
 
 use petrel_devices::virtio::block::{BlockStatsSnapshot, LatencyAggregate};
+use petrel_devices::virtio::net::NetStats;
+use petrel_devices::virtio::vsock::VsockStats;
 
 use crate::lifecycle::{ResetSource, StopReason};
+#[cfg(test)]
+use crate::stats::NetRow;
 use crate::stats::StatsSnapshot;
 
 /// Errors writing the metrics file.
@@ -58,6 +62,55 @@ fn block_json(counts: &BlockStatsSnapshot) -> serde_json::Map<String, Value> {
     match value {
         Value::Object(map) => map,
         _ => serde_json::Map::new(),
+    }
+}
+
+/// The counters Firecracker's `NetDeviceMetrics` has under the same names (`tx_fails` counts
+/// every transmit chain petrel dropped; `rx_fails` every frame or receive chain it dropped).
+fn net_json(counts: &NetStats) -> Value {
+    json!({
+        "rx_bytes_count": counts.rx_bytes,
+        "rx_packets_count": counts.rx_frames,
+        "rx_fails": counts.rx_dropped + counts.rx_bad_chains,
+        "tx_bytes_count": counts.tx_bytes,
+        "tx_packets_count": counts.tx_frames,
+        "tx_fails": counts.tx_dropped,
+    })
+}
+
+/// The counters Firecracker's `VsockDeviceMetrics` has under the same names ("rx" is towards
+/// the guest, "tx" from it), and petrel's own under `petrel.vsock`.
+fn vsock_json(counts: &VsockStats) -> Value {
+    json!({
+        "conns_added": counts.host_connections + counts.guest_connections,
+        "rx_bytes_count": counts.host_to_guest_bytes,
+        "tx_bytes_count": counts.guest_to_host_bytes,
+        "rx_packets_count": counts.rx_packets,
+        "tx_packets_count": counts.tx_packets,
+    })
+}
+
+fn vsock_petrel_json(counts: &VsockStats) -> Value {
+    json!({
+        "host_connections": counts.host_connections,
+        "guest_connections": counts.guest_connections,
+        "bad_connect_lines": counts.bad_connect_lines,
+        "refused_guest_connections": counts.refused_guest_connections,
+        "tx_dropped": counts.tx_dropped,
+        "bad_packet_resets": counts.bad_packet_resets,
+        "rx_bad_chains": counts.rx_bad_chains,
+    })
+}
+
+fn add_net_stats(a: NetStats, b: &NetStats) -> NetStats {
+    NetStats {
+        tx_frames: a.tx_frames + b.tx_frames,
+        tx_bytes: a.tx_bytes + b.tx_bytes,
+        tx_dropped: a.tx_dropped + b.tx_dropped,
+        rx_frames: a.rx_frames + b.rx_frames,
+        rx_bytes: a.rx_bytes + b.rx_bytes,
+        rx_dropped: a.rx_dropped + b.rx_dropped,
+        rx_bad_chains: a.rx_bad_chains + b.rx_bad_chains,
     }
 }
 
@@ -108,7 +161,12 @@ pub fn metrics_json(snapshot: &StatsSnapshot, stop: Option<&StopReason>) -> Valu
             "reset_count": reset_count,
         },
         "block": block_json(&snapshot.block_totals()),
+        "net": net_json(&snapshot.nets.iter().fold(NetStats::default(), |total, net| {
+            add_net_stats(total, &net.counts)
+        })),
+        "vsock": vsock_json(&snapshot.vsock.unwrap_or_default()),
         "petrel": {
+            "vsock": snapshot.vsock.as_ref().map(vsock_petrel_json),
             "boot_time_us": snapshot.boot_time.map(|b| b.since_process_start.as_micros() as u64),
             "boot_time_since_first_run_us": snapshot
                 .boot_time
@@ -126,6 +184,10 @@ pub fn metrics_json(snapshot: &StatsSnapshot, stop: Option<&StopReason>) -> Valu
                 "total_us": d.total_ns / 1000,
             })).collect::<Vec<_>>(),
             "disks": snapshot.disks.iter().map(disk_json).collect::<Vec<_>>(),
+            "nets": snapshot.nets.iter().map(|net| json!({
+                "tap": net.tap,
+                "counts": net_json(&net.counts),
+            })).collect::<Vec<_>>(),
             "stop_reason": stop.map(|s| s.to_string()),
         },
     })
@@ -173,6 +235,8 @@ mod tests {
             pio_ranges: Vec::new(),
             boot_time: None,
             disks: Vec::new(),
+            nets: Vec::new(),
+            vsock: None,
         }
     }
 
@@ -192,6 +256,56 @@ mod tests {
             .as_str()
             .unwrap()
             .contains("i8042"));
+    }
+
+    #[test]
+    fn vsock_counters_use_firecrackers_names() {
+        let mut snapshot = snapshot();
+        let value = metrics_json(&snapshot, None);
+        assert_eq!(value["vsock"]["rx_bytes_count"], 0);
+        assert!(value["petrel"]["vsock"].is_null(), "no vsock device");
+        snapshot.vsock = Some(VsockStats {
+            host_connections: 2,
+            guest_connections: 1,
+            guest_to_host_bytes: 70,
+            host_to_guest_bytes: 30,
+            bad_packet_resets: 4,
+            ..VsockStats::default()
+        });
+        let value = metrics_json(&snapshot, None);
+        assert_eq!(value["vsock"]["conns_added"], 3);
+        assert_eq!(value["vsock"]["tx_bytes_count"], 70);
+        assert_eq!(value["vsock"]["rx_bytes_count"], 30);
+        assert_eq!(value["petrel"]["vsock"]["bad_packet_resets"], 4);
+    }
+
+    #[test]
+    fn interfaces_are_added_up_under_net_and_listed_under_petrel() {
+        let mut snapshot = snapshot();
+        assert_eq!(metrics_json(&snapshot, None)["net"]["tx_packets_count"], 0);
+        let counts = NetStats {
+            tx_frames: 3,
+            tx_bytes: 300,
+            tx_dropped: 1,
+            rx_frames: 5,
+            rx_bytes: 500,
+            rx_dropped: 2,
+            rx_bad_chains: 1,
+        };
+        for tap in ["tap0", "tap1"] {
+            snapshot.nets.push(NetRow {
+                tap: tap.into(),
+                counts,
+            });
+        }
+        let value = metrics_json(&snapshot, None);
+        assert_eq!(value["net"]["tx_packets_count"], 6);
+        assert_eq!(value["net"]["tx_bytes_count"], 600);
+        assert_eq!(value["net"]["tx_fails"], 2);
+        assert_eq!(value["net"]["rx_packets_count"], 10);
+        assert_eq!(value["net"]["rx_fails"], 6);
+        assert_eq!(value["petrel"]["nets"][1]["tap"], "tap1");
+        assert_eq!(value["petrel"]["nets"][1]["counts"]["rx_bytes_count"], 500);
     }
 
     #[test]

@@ -5,11 +5,13 @@
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use petrel_devices::bus::{Bus, BusRangeStats};
 use petrel_devices::legacy::boot_timer::BootTime;
 use petrel_devices::virtio::block::{BlockStats, BlockStatsSnapshot};
+use petrel_devices::virtio::net::{Net, NetStats, Tap};
+use petrel_devices::virtio::vsock::{Vsock, VsockStats};
 use petrel_vcpu::exit_stats::{ExitStat, ExitStats};
 
 /// Handles on every counter of one VM.
@@ -25,6 +27,29 @@ pub struct VmStats {
     pub boot_time: Option<Arc<OnceLock<BootTime>>>,
     /// The request counters of each disk, in `--disk` order.
     pub disks: Vec<DiskStats>,
+    /// The network interfaces, in `--net` order.
+    pub nets: Vec<NetHandle>,
+    /// The vsock device, if there is one.
+    pub vsock: Option<Arc<Mutex<Vsock>>>,
+}
+
+/// A network interface whose frame counters can be read.
+#[derive(Clone)]
+pub struct NetHandle {
+    /// The TAP's name.
+    pub tap: String,
+    /// The device (its counters live behind its lock, which the event loop holds only while
+    /// it moves frames).
+    pub device: Arc<Mutex<Net<Tap>>>,
+}
+
+/// One network interface's counters at one moment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetRow {
+    /// The TAP's name.
+    pub tap: String,
+    /// The counters.
+    pub counts: NetStats,
 }
 
 /// One disk's request counters, and what names the disk.
@@ -79,6 +104,10 @@ pub struct StatsSnapshot {
     pub boot_time: Option<BootTime>,
     /// Each disk's counters, in `--disk` order.
     pub disks: Vec<DiskRow>,
+    /// Each network interface's counters, in `--net` order.
+    pub nets: Vec<NetRow>,
+    /// The vsock device's counters.
+    pub vsock: Option<VsockStats>,
 }
 
 impl VmStats {
@@ -119,6 +148,25 @@ impl VmStats {
                     counts: disk.stats.snapshot(),
                 })
                 .collect(),
+            nets: self
+                .nets
+                .iter()
+                .map(|net| NetRow {
+                    tap: net.tap.clone(),
+                    // A poisoned lock still guards valid counters.
+                    counts: net
+                        .device
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner())
+                        .stats(),
+                })
+                .collect(),
+            vsock: self.vsock.as_ref().map(|vsock| {
+                vsock
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .stats()
+            }),
         }
     }
 }
@@ -263,6 +311,8 @@ mod tests {
                 read_only: false,
                 stats: Arc::new(BlockStats::new()),
             }],
+            nets: Vec::new(),
+            vsock: None,
         }
     }
 

@@ -140,6 +140,8 @@ impl Vmm {
             mmio: Arc::new(std::mem::take(&mut self.virtio.mmio_bus)),
             boot_time: self.devices.boot_time.clone(),
             disks: self.virtio.disks.clone(),
+            nets: self.virtio.nets.clone(),
+            vsock: self.virtio.vsock.clone(),
         };
         let guest_lines = vec![
             (
