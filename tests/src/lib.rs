@@ -13,6 +13,8 @@
 //! assert!(run.stdout.contains("HELLO"));
 //! ```
 
+pub mod netns;
+
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -132,11 +134,29 @@ impl RunOutput {
     }
 }
 
+/// The value of `key=` in a guest line such as `NET sent frames=16 bytes=1600`; panics if the
+/// line has no such field.
+pub fn field<'a>(line: &'a str, key: &str) -> &'a str {
+    line.split_whitespace()
+        .find_map(|word| word.strip_prefix(key).and_then(|w| w.strip_prefix('=')))
+        .unwrap_or_else(|| panic!("no {key}= in {line:?}"))
+}
+
+/// The first line of `stdout` that starts with `prefix`; panics, showing `stdout`, if none
+/// does.
+pub fn line_starting<'a>(stdout: &'a str, prefix: &str) -> &'a str {
+    stdout
+        .lines()
+        .find(|line| line.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no line starting with {prefix:?} in:\n{stdout}"))
+}
+
 /// A `petrel run` command line under construction.
 #[derive(Debug, Clone)]
 pub struct Petrel {
     args: Vec<OsString>,
     timeout: Duration,
+    netns: Option<String>,
 }
 
 impl Default for Petrel {
@@ -151,6 +171,7 @@ impl Petrel {
         Self {
             args: vec!["run".into()],
             timeout: TIER1_TIMEOUT,
+            netns: None,
         }
     }
 
@@ -174,6 +195,12 @@ impl Petrel {
         self.args(["--cmdline", text])
     }
 
+    /// Runs petrel inside network namespace `ns` (`ip netns exec`).
+    pub fn in_netns(mut self, ns: &netns::NetNs) -> Self {
+        self.netns = Some(ns.name().to_string());
+        self
+    }
+
     /// How long to wait before killing petrel and failing.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
@@ -181,7 +208,15 @@ impl Petrel {
     }
 
     fn command(&self) -> Command {
-        let mut command = Command::new(petrel_bin());
+        let mut command = match &self.netns {
+            // `ip netns exec` execs petrel, so the child's pid is petrel's (signals reach it).
+            Some(ns) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", ns]).arg(petrel_bin());
+                command
+            }
+            None => Command::new(petrel_bin()),
+        };
         command
             .args(&self.args)
             .stdin(Stdio::null())
@@ -218,10 +253,24 @@ impl Petrel {
     /// SIGTERM and waits for it to exit. Panics if the patterns do not all appear within the
     /// timeout.
     pub fn run_until(&self, patterns: &[&str]) -> RunOutput {
+        let mut running = self.spawn();
+        let missing = running.wait_for(patterns);
+        let output = running.terminate();
+        assert!(
+            missing.is_empty(),
+            "petrel did not print {missing:?} within {:?}\n{}",
+            self.timeout,
+            output.describe()
+        );
+        output
+    }
+
+    /// Starts petrel and returns while it runs, so a test can act on what the guest prints.
+    pub fn spawn(&self) -> Running {
         let start = Instant::now();
         let mut child = self.command().spawn().expect("spawn petrel");
         let stderr = drain(child.stderr.take().expect("piped stderr"));
-        let (lines_tx, lines_rx) = mpsc::channel::<String>();
+        let (lines_tx, lines) = mpsc::channel::<String>();
         let stdout = child.stdout.take().expect("piped stdout");
         let reader = std::thread::spawn(move || {
             let mut reader = BufReader::new(stdout);
@@ -241,38 +290,121 @@ impl Petrel {
                 }
             }
         });
-        let mut seen = String::new();
+        Running {
+            child,
+            lines,
+            reader: Some(reader),
+            stderr: Some(stderr),
+            seen: String::new(),
+            start,
+            timeout: self.timeout,
+        }
+    }
+}
+
+/// A petrel process started by [`Petrel::spawn`].
+pub struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    reader: Option<std::thread::JoinHandle<()>>,
+    stderr: Option<std::thread::JoinHandle<String>>,
+    seen: String,
+    start: Instant,
+    timeout: Duration,
+}
+
+impl Running {
+    /// Waits until every pattern has appeared in a line of stdout (in any order) or the
+    /// run's timeout has passed; returns the patterns that did not appear.
+    pub fn wait_for<'p>(&mut self, patterns: &[&'p str]) -> Vec<&'p str> {
         let mut missing: Vec<&str> = patterns.to_vec();
+        missing.retain(|p| !self.seen.lines().any(|line| line.contains(p)));
         while !missing.is_empty() {
-            let left = self.timeout.saturating_sub(start.elapsed());
-            match lines_rx.recv_timeout(left) {
+            let left = self.timeout.saturating_sub(self.start.elapsed());
+            match self.lines.recv_timeout(left) {
                 Ok(line) => {
                     missing.retain(|p| !line.contains(p));
-                    seen.push_str(&line);
+                    self.seen.push_str(&line);
                 }
                 Err(_) => break,
             }
         }
-        // SAFETY: sending SIGTERM to our own child process.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let status = wait_with_timeout(&mut child, Duration::from_secs(10));
-        while let Ok(line) = lines_rx.recv_timeout(Duration::from_millis(100)) {
-            seen.push_str(&line);
+        missing
+    }
+
+    /// Like [`wait_for`](Self::wait_for), but kills petrel and panics with everything it
+    /// printed if a pattern does not appear.
+    pub fn expect(&mut self, patterns: &[&str]) {
+        let missing = self.wait_for(patterns);
+        if !missing.is_empty() {
+            let timeout = self.timeout;
+            let output = self.kill();
+            panic!(
+                "petrel did not print {missing:?} within {timeout:?}\n{}",
+                output.describe()
+            );
         }
-        let _ = reader.join();
-        let stderr = stderr.join().expect("stderr reader");
+    }
+
+    /// What petrel printed on stdout so far (complete lines).
+    pub fn stdout(&self) -> &str {
+        &self.seen
+    }
+
+    /// Sends SIGTERM and waits (up to 10 s) for petrel to exit.
+    pub fn terminate(mut self) -> RunOutput {
+        // SAFETY: sending SIGTERM to our own child process.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = wait_with_timeout(&mut self.child, Duration::from_secs(10));
+        let stopped = status.is_some();
+        let output = self.collect(status);
         assert!(
-            missing.is_empty(),
-            "petrel did not print {missing:?} within {:?}\n--- stdout ---\n{seen}\n--- stderr ---\n{stderr}",
-            self.timeout
+            stopped,
+            "petrel did not stop after SIGTERM\n{}",
+            output.describe()
         );
-        let status =
-            status.unwrap_or_else(|| panic!("petrel did not stop after SIGTERM\n{stderr}"));
+        output
+    }
+
+    /// Waits for petrel to exit by itself within the run's timeout; panics (after killing it)
+    /// if it does not.
+    pub fn wait(mut self) -> RunOutput {
+        let left = self.timeout.saturating_sub(self.start.elapsed());
+        let status = wait_with_timeout(&mut self.child, left);
+        let timeout = self.timeout;
+        let exited = status.is_some();
+        let output = self.collect(status);
+        assert!(
+            exited,
+            "petrel did not exit within {timeout:?}\n{}",
+            output.describe()
+        );
+        output
+    }
+
+    fn kill(&mut self) -> RunOutput {
+        let _ = self.child.kill();
+        let status = self.child.wait().ok();
+        self.collect(status)
+    }
+
+    fn collect(&mut self, status: Option<std::process::ExitStatus>) -> RunOutput {
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(100)) {
+            self.seen.push_str(&line);
+        }
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+        let stderr = self
+            .stderr
+            .take()
+            .and_then(|stderr| stderr.join().ok())
+            .unwrap_or_default();
         RunOutput {
-            code: status.code(),
-            stdout: seen,
+            code: status.and_then(|s| s.code()),
+            stdout: std::mem::take(&mut self.seen),
             stderr,
-            elapsed: start.elapsed(),
+            elapsed: self.start.elapsed(),
         }
     }
 }
@@ -316,4 +448,14 @@ pub fn require_asset(name: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // A test that panicked half-way must not leave a VM running.
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }

@@ -184,3 +184,43 @@ fn malformed_flags_give_one_line() {
         .run();
     assert_one_line_error(&run, 2, &["lots"]);
 }
+
+#[test]
+fn malformed_net_and_vsock_values_give_one_line() {
+    let cases: [(&[&str], &[&str]); 8] = [
+        (&["--net", "tap0"], &["--net", "key=value"]),
+        (&["--net", "tap=a,ip=1.2.3.4"], &["unknown option 'ip'"]),
+        (&["--net", "tap=a,mac=01:00:5e:00:00:01"], &["multicast"]),
+        (&["--net", "tap=a/b"], &["invalid TAP name"]),
+        (
+            &["--net", "tap=a", "--net", "tap=a"],
+            &["TAP 'a' is given to two"],
+        ),
+        (&["--vsock", "cid=2,socket=/tmp/v.sock"], &["CID '2'"]),
+        (&["--vsock", "cid=3"], &["needs cid= and socket="]),
+        (
+            &["--vsock", "cid=3,socket=/nonexistent-dir/v.sock"],
+            &["/nonexistent-dir", "does not exist"],
+        ),
+    ];
+    for (args, needles) in cases {
+        let run = Petrel::new()
+            .kernel(test_guest())
+            .args(args.iter().copied())
+            .run();
+        assert_one_line_error(&run, 2, needles);
+    }
+}
+
+#[test]
+fn vsock_socket_path_that_is_a_regular_file_is_not_replaced() {
+    let dir = TempDir::new("vsock-file");
+    let path = dir.join("precious.txt");
+    fs::write(&path, "keep me").unwrap();
+    let run = Petrel::new()
+        .kernel(test_guest())
+        .args(["--vsock", &format!("cid=3,socket={}", path.display())])
+        .run();
+    assert_one_line_error(&run, 2, &["not a socket"]);
+    assert_eq!(fs::read_to_string(&path).unwrap(), "keep me");
+}

@@ -15,6 +15,16 @@ pub struct Args<'a> {
     pub pattern: Option<&'a [u8]>,
     /// `petrel.mib=N` (raw text; `blk-bench`).
     pub mib: Option<&'a [u8]>,
+    /// `petrel.bytes=N` (raw text; `net-*` frame payload size, `vsock-*` stream length).
+    pub bytes: Option<&'a [u8]>,
+    /// `petrel.ip=A.B.C.D` (raw text; the guest's IPv4 address for `net-arp`).
+    pub ip: Option<&'a [u8]>,
+    /// `petrel.peer=A.B.C.D` (raw text; the host's IPv4 address for `net-arp`).
+    pub peer: Option<&'a [u8]>,
+    /// `petrel.port=N` (raw text; the vsock port the guest connects to on CID 2).
+    pub port: Option<&'a [u8]>,
+    /// `petrel.listen=N` (raw text; the vsock port the guest listens on).
+    pub listen: Option<&'a [u8]>,
 }
 
 impl<'a> Args<'a> {
@@ -26,6 +36,11 @@ impl<'a> Args<'a> {
             sector: None,
             pattern: None,
             mib: None,
+            bytes: None,
+            ip: None,
+            peer: None,
+            port: None,
+            listen: None,
         };
         for tok in text.split(|&b| b == b' ' || b == b'\t' || b == b'\n') {
             if let Some(v) = tok.strip_prefix(b"petrel.scenario=") {
@@ -38,6 +53,16 @@ impl<'a> Args<'a> {
                 args.pattern = Some(v);
             } else if let Some(v) = tok.strip_prefix(b"petrel.mib=") {
                 args.mib = Some(v);
+            } else if let Some(v) = tok.strip_prefix(b"petrel.bytes=") {
+                args.bytes = Some(v);
+            } else if let Some(v) = tok.strip_prefix(b"petrel.ip=") {
+                args.ip = Some(v);
+            } else if let Some(v) = tok.strip_prefix(b"petrel.peer=") {
+                args.peer = Some(v);
+            } else if let Some(v) = tok.strip_prefix(b"petrel.port=") {
+                args.port = Some(v);
+            } else if let Some(v) = tok.strip_prefix(b"petrel.listen=") {
+                args.listen = Some(v);
             }
         }
         args
@@ -57,4 +82,22 @@ pub fn parse_dec(s: &[u8]) -> Option<u64> {
         v = v.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
     }
     Some(v)
+}
+
+/// Parses an IPv4 dotted quad `A.B.C.D` (each part 1-3 decimal digits, at most 255).
+pub fn parse_ipv4(s: &[u8]) -> Option<[u8; 4]> {
+    let mut out = [0u8; 4];
+    let mut parts = s.split(|&b| b == b'.');
+    for o in out.iter_mut() {
+        let p = parts.next()?;
+        if p.len() > 3 {
+            return None;
+        }
+        let v = parse_dec(p)?;
+        *o = u8::try_from(v).ok()?;
+    }
+    if parts.next().is_some() {
+        return None;
+    }
+    Some(out)
 }

@@ -15,17 +15,21 @@ extern crate alloc;
 mod acpi;
 mod blk;
 mod bootparams;
+mod clock;
 mod cmdline;
 mod heap;
 mod io;
 mod mem;
+mod net;
 mod out;
+mod pattern;
 mod power;
 mod rng;
 mod scenarios;
 mod smp;
 mod virtio;
 mod vparse;
+mod vsock;
 
 use core::arch::global_asm;
 

@@ -1,5 +1,6 @@
-//! The C memory functions the compiler may call, written with `rep movsb`/`rep stosb` (which
-//! KVM's emulator runs) instead of compiler_builtins' SSE-capable versions.
+//! The C memory functions the compiler may call, written with `rep movsq`/`rep movsb` and
+//! `rep stosq`/`rep stosb` (which KVM's emulator runs) instead of compiler_builtins'
+//! SSE-capable versions.
 
 use core::arch::asm;
 
@@ -9,13 +10,26 @@ use core::arch::asm;
 /// Standard C contract: `n` bytes at `src` readable, at `dst` writable, no overlap.
 #[no_mangle]
 pub unsafe extern "C" fn memcpy(dst: *mut u8, src: *const u8, n: usize) -> *mut u8 {
-    // SAFETY: the caller upholds memcpy's contract; DF is clear (SysV ABI).
+    // SAFETY: the caller upholds memcpy's contract; DF is clear (SysV ABI). `rep movsq` then
+    // `rep movsb` copies the same n bytes forward: under PVM every iteration of a rep string
+    // instruction is emulated, so moving 8 bytes per iteration is ~8x faster for big copies.
     unsafe {
-        asm!("rep movsb", inout("rcx") n => _, inout("rdi") dst => _, inout("rsi") src => _,
-             options(nostack, preserves_flags));
+        if n >= BULK {
+            asm!("rep movsq", "mov rcx, {rest}", "rep movsb",
+                 rest = in(reg) n % 8,
+                 inout("rcx") n / 8 => _, inout("rdi") dst => _, inout("rsi") src => _,
+                 options(nostack, preserves_flags));
+        } else {
+            asm!("rep movsb", inout("rcx") n => _, inout("rdi") dst => _, inout("rsi") src => _,
+                 options(nostack, preserves_flags));
+        }
     }
     dst
 }
+
+/// From this many bytes on, memcpy/memset work in 8-byte steps (one emulated iteration per 8
+/// bytes instead of per byte).
+const BULK: usize = 32;
 
 /// C `memmove`.
 ///
@@ -46,10 +60,19 @@ pub unsafe extern "C" fn memmove(dst: *mut u8, src: *const u8, n: usize) -> *mut
 /// Standard C contract: `n` bytes at `dst` writable.
 #[no_mangle]
 pub unsafe extern "C" fn memset(dst: *mut u8, c: i32, n: usize) -> *mut u8 {
-    // SAFETY: the caller upholds memset's contract; DF is clear (SysV ABI).
+    // SAFETY: the caller upholds memset's contract; DF is clear (SysV ABI). `rep stosq` with
+    // the byte in all 8 lanes, then `rep stosb` for the rest, writes the same n bytes.
     unsafe {
-        asm!("rep stosb", inout("rcx") n => _, inout("rdi") dst => _, in("al") c as u8,
-             options(nostack, preserves_flags));
+        if n >= BULK {
+            let q = u64::from(c as u8) * 0x0101_0101_0101_0101;
+            asm!("rep stosq", "mov rcx, {rest}", "rep stosb",
+                 rest = in(reg) n % 8,
+                 inout("rcx") n / 8 => _, inout("rdi") dst => _, in("rax") q,
+                 options(nostack, preserves_flags));
+        } else {
+            asm!("rep stosb", inout("rcx") n => _, inout("rdi") dst => _, in("al") c as u8,
+                 options(nostack, preserves_flags));
+        }
     }
     dst
 }

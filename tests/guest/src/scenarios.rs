@@ -38,6 +38,11 @@ pub fn run(name: &[u8], boot_params: u64, cmdline: &[u8], args: &Args) {
         b"blk-ids" => crate::blk::ids(boot_params, cmdline),
         b"blk-bench" => crate::blk::bench(boot_params, cmdline, args),
         b"rng" => crate::rng::run(boot_params, cmdline),
+        b"net-arp" => crate::net::arp(boot_params, cmdline, args),
+        b"net-rx" => crate::net::rx(boot_params, cmdline, args),
+        b"net-bench-tx" => crate::net::bench_tx(boot_params, cmdline, args),
+        b"vsock-echo" => crate::vsock::echo(boot_params, cmdline, args),
+        b"vsock-bench" => crate::vsock::bench(boot_params, cmdline, args),
         _ => {
             put(b"ERROR unknown scenario=");
             put_escaped(name);

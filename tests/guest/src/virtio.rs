@@ -58,7 +58,7 @@ pub struct Found {
     pub from_dsdt: bool,
     /// MMIO `Version` (offset 0x004).
     pub version: u32,
-    /// MMIO `DeviceID` (offset 0x008): 2 = block.
+    /// MMIO `DeviceID` (offset 0x008): 1 = net, 2 = block, 4 = entropy, 19 = vsock.
     pub device_id: u32,
 }
 
@@ -73,10 +73,14 @@ impl Found {
     }
 }
 
+/// virtio device id 1 (network card).
+pub const DEVICE_NET: u32 = 1;
 /// virtio device id 2.
 pub const DEVICE_BLOCK: u32 = 2;
 /// virtio device id 4 (entropy source).
 pub const DEVICE_RNG: u32 = 4;
+/// virtio device id 19 (socket, vsock).
+pub const DEVICE_VSOCK: u32 = 19;
 
 /// Adds `dev` to `list` (kept sorted by base address) or, if its base is already there, marks
 /// the existing entry with the new source.
