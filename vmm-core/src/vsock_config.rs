@@ -13,11 +13,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::flag_options::{FlagOptions, FlagOptionsError};
 
-/// The lowest CID a guest may have: 0 and 1 are reserved, 2 is the host.
-pub const MIN_GUEST_CID: u64 = 3;
-/// The highest CID a guest may have: `u32::MAX` is `VMADDR_CID_ANY`, and CIDs are 32 bits
-/// on the wire of every current transport.
-pub const MAX_GUEST_CID: u64 = 0xFFFF_FFFE;
+pub use petrel_devices::virtio::vsock::{MAX_GUEST_CID, MIN_GUEST_CID};
+
 /// The longest socket path: `sun_path` holds 108 bytes with the NUL, and guest-initiated
 /// connections to port P use `PATH_P`, up to 11 bytes longer.
 pub const MAX_SOCKET_PATH: usize = 107 - 11;
