@@ -43,7 +43,8 @@
 //! `gso_type`, an offload that was not negotiated, `gso_size` 0, `hdr_len` or checksum
 //! offsets past the frame) completes with used length 0 and its frame is dropped and counted.
 //! On receive, a broken chain, one with a device-readable buffer or a buffer outside guest
-//! memory completes with used length 0. Errors in the queues themselves (an available index
+//! memory, and (without `MRG_RXBUF`) one too small for any frame (under a header plus an
+//! Ethernet header) completes with used length 0. Errors in the queues themselves (an available index
 //! more than a queue's worth ahead, a used ring that cannot be written) set
 //! `DEVICE_NEEDS_RESET`.
 

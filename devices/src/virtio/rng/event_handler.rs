@@ -173,8 +173,8 @@ mod tests {
     use super::*;
     use crate::virtio::chain::{DESC_F_NEXT, DESC_F_WRITE};
     use crate::virtio::test_utils::{
-        guest_memory, readable, writable, Buf, DriverQueue, RecordingInterrupt, HIGH_START,
-        MEM_SIZE,
+        guest_memory, readable, run_checked, scribble, writable, Buf, DriverQueue, MemSnapshot,
+        RandomChains, RecordingInterrupt, HIGH_START, MEM_SIZE,
     };
     use crate::virtio::{ActiveQueue, VirtioDevice};
 
@@ -451,5 +451,50 @@ mod tests {
         assert_eq!(driver.used(0), (0, 32));
         assert_eq!(irq.counts(), (1, 0, 0));
         assert_eq!(rng.lock().unwrap().bytes_served(), 32);
+    }
+
+    /// A hostile driver's random chains, batch after batch: the device never panics, never
+    /// writes outside the writable buffers a chain names, never reports more bytes than
+    /// they hold (nor more than the cap), and after each batch either needs a reset or
+    /// still serves a well-formed request.
+    #[test]
+    fn random_hostile_chains_are_answered_safely() {
+        const SEED: u64 = 0x5eed_0003;
+        const BATCHES: u64 = 600;
+        let mut h = Harness::new();
+        let mut rc = RandomChains::new(SEED, (DATA, MEM_SIZE), &[MAX_REQUEST_BYTES]);
+        scribble(&h.mem, &mut rc.rng, &h.driver.ring_ranges());
+        for batch in 0..BATCHES {
+            let ctx = format!("seed {SEED:#x}, batch {batch}");
+            rc.begin(&mut h.driver);
+            let from = h.driver.used_idx();
+            let count = 1 + rc.rng.below(6);
+            rc.batch(&mut h.driver, count, true, |rc, driver| {
+                if rc.rng.one_in(3) {
+                    let (addr, len) = (rc.addr(), rc.len());
+                    let mut bufs = rc.split(addr, len, true);
+                    rc.spoil(&mut bufs);
+                    rc.buffers(driver, &bufs)
+                } else {
+                    rc.chain(driver, Some(true))
+                }
+            });
+            let snapshot = MemSnapshot::take(&h.mem);
+            let rng = &mut h.rng;
+            let entries = run_checked(&h.driver, &snapshot, from, &ctx, || rng.process_queue());
+            for (id, len) in entries {
+                assert!(
+                    len <= MAX_REQUEST_BYTES,
+                    "{ctx}: chain {id} got {len} bytes"
+                );
+            }
+            if h.irq.counts().2 > 0 {
+                assert!(h.rng.reset(), "{ctx}");
+                h.irq = Arc::new(RecordingInterrupt::default());
+                h.activate();
+            }
+            h.completed = h.driver.used_idx();
+            h.assert_still_works();
+        }
     }
 }

@@ -1123,7 +1123,9 @@ mod tests {
     use std::os::unix::net::{UnixListener, UnixStream};
 
     use super::*;
-    use crate::virtio::test_utils::{readable, writable, MEM_SIZE};
+    use crate::virtio::test_utils::{
+        readable, scribble, writable, MemSnapshot, RandomChains, TestRng, MEM_SIZE,
+    };
     use crate::virtio::vsock::fake::{
         pattern, Harness, Received, GUEST_CID, RX_BUF, SCRATCH, SIZE,
     };
@@ -1912,5 +1914,291 @@ mod tests {
         assert_eq!(read_to_eof(&mut h, &mut from_guest), b"");
         assert_eq!(read_to_eof(&mut h, &mut from_host), b"");
         assert!(!h.dev().is_active());
+    }
+
+    /// A random packet header: mostly from the guest to the host, on the connection `conn`
+    /// (guest port, host port) half the time, with random operations (unknown ones too),
+    /// types, flags and credit; its `len` is set by the caller.
+    fn random_header(rng: &mut TestRng, conn: Option<(u32, u32)>) -> Header {
+        let r = rng.next_u64();
+        let (src_port, dst_port) = match conn {
+            Some(key) if rng.one_in(2) => key,
+            _ => (
+                rng.pick(&[1234, 1, r as u32]),
+                rng.pick(&[5000, 6000, (r >> 32) as u32]),
+            ),
+        };
+        let src_cid = if rng.one_in(10) {
+            rng.pick(&[0, HOST_CID, 7, u64::MAX, r])
+        } else {
+            GUEST_CID
+        };
+        let dst_cid = if rng.one_in(10) {
+            rng.pick(&[0, 1, GUEST_CID, u64::from(u32::MAX), r])
+        } else {
+            HOST_CID
+        };
+        let type_ = if rng.one_in(10) {
+            rng.pick(&[0, 2, r as u16])
+        } else {
+            TYPE_STREAM
+        };
+        let op = if rng.one_in(8) {
+            rng.pick(&[0, 8, 42, (r >> 16) as u16])
+        } else {
+            rng.pick(&[
+                OP_REQUEST,
+                OP_RESPONSE,
+                OP_RST,
+                OP_SHUTDOWN,
+                OP_RW,
+                OP_RW,
+                OP_RW,
+                OP_CREDIT_UPDATE,
+                OP_CREDIT_REQUEST,
+            ])
+        };
+        Header {
+            src_cid,
+            dst_cid,
+            src_port,
+            dst_port,
+            len: 0,
+            type_,
+            op,
+            flags: rng.pick(&[0, 0, SHUTDOWN_RCV, SHUTDOWN_SEND, 3, r as u32]),
+            buf_alloc: rng.pick(&[1 << 20, 1 << 20, 1 << 20, 0, u32::MAX, (r >> 8) as u32]),
+            fwd_cnt: rng.pick(&[0, 0, 0, u32::MAX, (r >> 24) as u32]),
+        }
+    }
+
+    /// Whether `got` (what the host read from a stream) is the concatenation of some of
+    /// `sent` (what the guest sent on it, in order: a payload, or `None` with its length for
+    /// a packet whose buffers the test spoiled, which may carry any bytes), from the
+    /// `from`th on; the last one may be cut short by a reset.
+    fn sent_in_order(got: &[u8], sent: &[(Option<Vec<u8>>, usize)], from: usize) -> bool {
+        if got.is_empty() {
+            return true;
+        }
+        sent[from..].iter().enumerate().any(|(k, (payload, len))| {
+            let len = *len;
+            let fits = match payload {
+                Some(payload) => got.starts_with(payload) || payload.starts_with(got),
+                None => true,
+            };
+            len > 0 && fits && (got.len() <= len || sent_in_order(&got[len..], sent, from + k + 1))
+        })
+    }
+
+    /// A hostile driver, batch after batch, on fresh rings each time: random transmit
+    /// chains, packets with random headers (operations, types, CIDs, ports, credit, lying
+    /// lengths) mixed with well-formed ones, some on a live connection, random receive
+    /// chains, and host data. The device never panics or spins, never writes outside a
+    /// receive chain's writable buffers, never reports more bytes than they hold (nor a
+    /// packet shorter than a header), forwards to the host only bytes the guest sent, in
+    /// order, and after each batch either needs a reset or still opens a connection and
+    /// carries data.
+    #[test]
+    fn random_hostile_packets_are_handled_safely() {
+        const SEED: u64 = 0x5eed_0002;
+        const BATCHES: u64 = 1500;
+        // Random buffers start below 0x4_0000 and the device writes at most a packet.
+        const TX_PACKETS: (u64, u64) = (0x8_0000, 0xf_0000);
+        let hdr = HDR_LEN as u32;
+        let limits = [hdr, hdr + MAX_PKT_LEN, MAX_PKT_LEN, RX_BUF];
+        let mut rc = RandomChains::new(SEED, (SCRATCH, 0x4_0000), &limits);
+        let mut h = Harness::new();
+        h.quick = true;
+        scribble(&h.mem, &mut rc.rng, &[Harness::rings()]);
+        let listener = host_listen(&h, 5000);
+        listener.set_nonblocking(true).unwrap();
+        let check_listener = host_listen(&h, 7777);
+        check_listener.set_nonblocking(true).unwrap();
+        let (mut resets, mut forwarded) = (0, 0);
+        for batch in 0..BATCHES {
+            let ctx = format!("seed {SEED:#x}, batch {batch}");
+            h.reactivate();
+            // Host streams the device connected to in the last batch.
+            while listener.accept().is_ok() {}
+            let mut conn = rc
+                .rng
+                .one_in(2)
+                .then(|| (open_from_guest(&mut h, &listener, 1234, 5000), (1234, 5000)));
+            if let Some((stream, _)) = &mut conn {
+                stream.set_nonblocking(true).unwrap();
+                if rc.rng.one_in(2) {
+                    let len = 1 + rc.rng.below(9000) as usize;
+                    stream.write_all(&rc.rng.bytes(len)).unwrap();
+                }
+            }
+            let key = conn.as_ref().map(|(_, key)| *key);
+            rc.begin(&mut h.rx);
+            rc.begin(&mut h.tx);
+            let (rx_from, tx_from) = (h.rx.used_idx(), h.tx.used_idx());
+
+            // Transmit chains; packets in memory of their own, which no receive chain
+            // reaches (the device may fill receive chains before it reads the packets).
+            let mut sent_rw = Vec::new();
+            let mut bump = TX_PACKETS.0;
+            let count = 1 + rc.rng.below(8);
+            let mem = h.mem.clone();
+            rc.batch(&mut h.tx, count, true, |rc, tx| {
+                if rc.rng.one_in(4) {
+                    return rc.chain(tx, Some(false));
+                }
+                let mut header = random_header(&mut rc.rng, key);
+                let len = if header.op != OP_RW && !rc.rng.one_in(8) {
+                    0
+                } else if rc.rng.one_in(8) {
+                    rc.rng.pick(&[4096, MAX_PKT_LEN, MAX_PKT_LEN + 1, 70_000])
+                } else {
+                    rc.rng.below(300) as u32
+                };
+                let payload = rc.rng.bytes(len as usize);
+                let lie = rc.rng.next_u32();
+                header.len = if rc.rng.one_in(4) {
+                    rc.rng.pick(&[
+                        len + 1,
+                        len.saturating_sub(1),
+                        lie,
+                        MAX_PKT_LEN + 1,
+                        u32::MAX,
+                    ])
+                } else {
+                    len
+                };
+                let mut bytes = header.to_bytes().to_vec();
+                bytes.extend_from_slice(&payload);
+                if bump + bytes.len() as u64 > TX_PACKETS.1 {
+                    return None;
+                }
+                mem.write_slice(&bytes, GuestAddress(bump)).unwrap();
+                let mut bufs = rc.split(bump, bytes.len() as u32, false);
+                bump += bytes.len() as u64;
+                let spoiled = rc.spoil(&mut bufs);
+                // The payload is what the header says, if the chain holds it (a spoiled
+                // buffer may hold other bytes).
+                if Some((header.src_port, header.dst_port)) == key
+                    && header.op == OP_RW
+                    && header.len <= len
+                {
+                    let payload = &payload[..header.len as usize];
+                    sent_rw.push(((!spoiled).then(|| payload.to_vec()), payload.len()));
+                }
+                rc.buffers(tx, &bufs)
+            });
+            // Receive chains; not into stale slots: they would name the harness's own chains.
+            let count = rc.rng.below(5);
+            let lens = [20, 43, 44, 45, 100, RX_BUF];
+            rc.batch(&mut h.rx, count, false, |rc, rx| {
+                rc.receive_chain(rx, &lens)
+            });
+
+            let snapshot = MemSnapshot::take(&h.mem);
+            h.notify_tx();
+            h.notify_rx();
+            let (tx_used, _) = h.tx.check_used_since(tx_from, &ctx);
+            assert!(
+                tx_used.iter().all(|&(_, len)| len == 0),
+                "{ctx}: {tx_used:?}"
+            );
+            let (rx_used, allowed) = h.rx.check_used_since(rx_from, &ctx);
+            for &(id, len) in &rx_used {
+                assert!(
+                    len == 0 || (hdr..=hdr + MAX_PKT_LEN).contains(&len),
+                    "{ctx}: receive chain {id} completed with {len} bytes"
+                );
+            }
+            snapshot.assert_no_stray_write(&h.mem, &allowed, &[Harness::rings()], &ctx);
+            h.rx.used_seen = h.rx.used_idx();
+            h.tx.used_seen = h.tx.used_idx();
+            // What reached the host on the live connection.
+            if let Some((stream, _)) = &mut conn {
+                let mut got = Vec::new();
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut idle = 0;
+                while idle < 2 {
+                    match stream.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => {
+                            got.extend_from_slice(&buf[..n]);
+                            idle = 0;
+                        }
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                            idle += 1;
+                            h.pump();
+                        }
+                        Err(e) if e.kind() == ErrorKind::ConnectionReset => break,
+                        Err(e) => panic!("{ctx}: {e}"),
+                    }
+                }
+                assert!(
+                    sent_in_order(&got, &sent_rw, 0),
+                    "{ctx}: the host read {} bytes the guest did not send in that order",
+                    got.len()
+                );
+                forwarded += got.len();
+            }
+
+            // A well-formed connection still opens and carries data, after whatever the
+            // batch left in the receive queue (or after a reset).
+            let guest_port = 9000 + batch as u32;
+            let mut fresh = false;
+            let mut responded = false;
+            while !responded {
+                if h.irq.counts().2 > 0 {
+                    assert!(!fresh, "{ctx}: a reset was needed on fresh queues");
+                    fresh = true;
+                    resets += 1;
+                    h.reactivate();
+                }
+                // Connections of an attempt a reset ended.
+                while check_listener.accept().is_ok() {}
+                h.send(h.header(OP_REQUEST, guest_port, 7777), &[]);
+                for _ in 0..32 {
+                    h.post_rx(4);
+                    let mut foreign = Vec::new();
+                    let got = h.recv_or(|id, len| foreign.push((id, len)));
+                    for (id, len) in foreign {
+                        let capacity = h.rx.writable_of(u32::from(id)).1;
+                        assert!(u64::from(len) <= capacity, "{ctx}: chain {id}: {len} bytes");
+                    }
+                    // The RESPONSE went to a well-formed chain, or to one the batch left
+                    // (then the device holds the connection and nothing waits to be sent).
+                    let key = Key {
+                        host_port: 7777,
+                        guest_port,
+                    };
+                    let left = {
+                        let dev = h.dev();
+                        dev.by_key.contains_key(&key) && dev.control.is_empty()
+                    };
+                    responded |= left
+                        || got.iter().any(|r| {
+                            r.header.op == OP_RESPONSE
+                                && (r.header.src_port, r.header.dst_port) == (7777, guest_port)
+                        });
+                    if responded || h.irq.counts().2 > 0 {
+                        break;
+                    }
+                }
+                assert!(responded || h.irq.counts().2 > 0, "{ctx}: no RESPONSE");
+            }
+            let (mut stream, _) = check_listener.accept().unwrap();
+            stream.set_nonblocking(false).unwrap();
+            stream
+                .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                .unwrap();
+            h.send_rw(guest_port, 7777, 0, b"still here");
+            let mut got = [0u8; 10];
+            stream.read_exact(&mut got).unwrap();
+            assert_eq!(&got, b"still here", "{ctx}");
+            assert_eq!(h.irq.counts().2, 0, "{ctx}: no reset needed");
+        }
+        // The reset path and the data path were exercised.
+        assert!(
+            resets > 0 && forwarded > 0,
+            "resets {resets}, {forwarded} bytes"
+        );
     }
 }

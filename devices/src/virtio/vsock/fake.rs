@@ -119,6 +119,8 @@ pub(super) struct Harness {
     /// The guest's `buf_alloc` in the packets it sends.
     pub(super) buf_alloc: u32,
     pub(super) dir: TempDir,
+    /// Whether [`Self::pump`] polls without waiting (for tests that need no timers).
+    pub(super) quick: bool,
 }
 
 impl Harness {
@@ -133,32 +135,8 @@ impl Harness {
         let mut manager: EventManager<Arc<Mutex<Vsock>>> = EventManager::new().unwrap();
         manager.add_subscriber(dev.clone());
         let mem = guest_memory();
-        let rx = FakeQueue::new(&mem, 0x1_0000);
-        let tx = FakeQueue::new(&mem, 0x1_4000);
-        let event = FakeQueue::new(&mem, 0x1_8000);
-        let rx_notify = EventFd::new(EFD_NONBLOCK).unwrap();
-        let tx_notify = EventFd::new(EFD_NONBLOCK).unwrap();
         let irq = Arc::new(RecordingInterrupt::default());
-        {
-            let mut vsock = dev.lock().unwrap();
-            vsock.grace = std::time::Duration::from_millis(100);
-            vsock.ack_features(FEATURE_VERSION_1);
-            let queues = vec![
-                ActiveQueue {
-                    queue: rx.device_queue(),
-                    notify: rx_notify.try_clone().unwrap(),
-                },
-                ActiveQueue {
-                    queue: tx.device_queue(),
-                    notify: tx_notify.try_clone().unwrap(),
-                },
-                ActiveQueue {
-                    queue: event.device_queue(),
-                    notify: EventFd::new(EFD_NONBLOCK).unwrap(),
-                },
-            ];
-            vsock.activate(mem.clone(), irq.clone(), queues).unwrap();
-        }
+        let (rx, tx, rx_notify, tx_notify) = Self::start(&dev, &mem, &irq);
         let mut harness = Self {
             dev,
             manager,
@@ -173,9 +151,60 @@ impl Harness {
             tx_slot: 0,
             buf_alloc: 1 << 20,
             dir,
+            quick: false,
         };
         harness.pump();
         harness
+    }
+
+    /// Activates the device on fresh (zeroed) rings: (receive queue, transmit queue, and
+    /// their notification eventfds).
+    fn start(
+        dev: &Mutex<Vsock>,
+        mem: &GuestMemoryMmap,
+        irq: &Arc<RecordingInterrupt>,
+    ) -> (FakeQueue, FakeQueue, EventFd, EventFd) {
+        let rx = FakeQueue::new(mem, 0x1_0000);
+        let tx = FakeQueue::new(mem, 0x1_4000);
+        let event = FakeQueue::new(mem, 0x1_8000);
+        let rx_notify = EventFd::new(EFD_NONBLOCK).unwrap();
+        let tx_notify = EventFd::new(EFD_NONBLOCK).unwrap();
+        let mut vsock = dev.lock().unwrap();
+        vsock.grace = std::time::Duration::from_millis(100);
+        vsock.ack_features(FEATURE_VERSION_1);
+        let queues = vec![
+            ActiveQueue {
+                queue: rx.device_queue(),
+                notify: rx_notify.try_clone().unwrap(),
+            },
+            ActiveQueue {
+                queue: tx.device_queue(),
+                notify: tx_notify.try_clone().unwrap(),
+            },
+            ActiveQueue {
+                queue: event.device_queue(),
+                notify: EventFd::new(EFD_NONBLOCK).unwrap(),
+            },
+        ];
+        vsock.activate(mem.clone(), irq.clone(), queues).unwrap();
+        (rx, tx, rx_notify, tx_notify)
+    }
+
+    /// The driver resets the device and sets it up again on fresh rings, with a fresh
+    /// interrupt recorder.
+    pub(super) fn reactivate(&mut self) {
+        assert!(self.dev().reset());
+        self.pump();
+        self.irq = Arc::new(RecordingInterrupt::default());
+        (self.rx, self.tx, self.rx_notify, self.tx_notify) =
+            Self::start(&self.dev, &self.mem, &self.irq);
+        self.rx_posted.clear();
+        self.pump();
+    }
+
+    /// The ranges `[start, end)` of the three queues' rings.
+    pub(super) fn rings() -> (u64, u64) {
+        (0x1_0000, 0x1_b000)
     }
 
     pub(super) fn dev(&self) -> MutexGuard<'_, Vsock> {
@@ -189,8 +218,9 @@ impl Harness {
     /// Runs the event loop until nothing happens for a few milliseconds. A device that keeps
     /// the loop busy (a busy loop) fails the test.
     pub(super) fn pump(&mut self) {
+        let timeout = if self.quick { 0 } else { 5 };
         for _ in 0..2000 {
-            if self.manager.run_with_timeout(5).unwrap() == 0 {
+            if self.manager.run_with_timeout(timeout).unwrap() == 0 {
                 return;
             }
         }
@@ -229,12 +259,18 @@ impl Harness {
 
     /// The packets the device put in the receive queue since the last call.
     pub(super) fn recv(&mut self) -> Vec<Received> {
+        self.recv_or(|head, _| panic!("chain {head} is not a posted receive chain"))
+    }
+
+    /// Like [`Self::recv`], but used entries of chains the harness did not post go to
+    /// `other` (head, length).
+    pub(super) fn recv_or(&mut self, mut other: impl FnMut(u16, u32)) -> Vec<Received> {
         let mut out = Vec::new();
         for (head, len) in self.rx.take_used() {
-            let addr = self
-                .rx_posted
-                .remove(&head)
-                .expect("a posted receive chain");
+            let Some(addr) = self.rx_posted.remove(&head) else {
+                other(head, len);
+                continue;
+            };
             assert!(len as usize >= HDR_LEN, "used length {len}");
             let mut raw = [0u8; HDR_LEN];
             self.mem.read_slice(&mut raw, GuestAddress(addr)).unwrap();
@@ -288,6 +324,11 @@ impl Harness {
     pub(super) fn send_chain(&mut self, bufs: &[Buf]) {
         self.tx.add_chain(bufs);
         self.notify_tx();
+    }
+
+    pub(super) fn notify_rx(&mut self) {
+        self.rx_notify.write(1).unwrap();
+        self.pump();
     }
 
     pub(super) fn notify_tx(&mut self) {
