@@ -58,34 +58,38 @@ impl FromStr for MacAddr {
     type Err = NetConfigError;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let bad = |problem| NetConfigError::BadMac {
-            mac: text.to_string(),
-            problem,
-        };
-        let mut bytes = [0u8; 6];
-        let mut parts = text.split(':');
-        for byte in &mut bytes {
-            let part = parts
-                .next()
-                .ok_or(bad("is not six hex bytes separated by ':'"))?;
-            if part.len() != 2 {
-                return Err(bad("is not six hex bytes separated by ':'"));
+        let parse = || {
+            let mut bytes = [0u8; 6];
+            let mut parts = text.split(':');
+            for byte in &mut bytes {
+                let part = parts.next().filter(|part| part.len() == 2)?;
+                *byte = u8::from_str_radix(part, 16).ok()?;
             }
-            *byte = u8::from_str_radix(part, 16)
-                .map_err(|_| bad("is not six hex bytes separated by ':'"))?;
-        }
-        if parts.next().is_some() {
-            return Err(bad("is not six hex bytes separated by ':'"));
-        }
-        if bytes[0] & 1 != 0 {
-            return Err(bad(
-                "is a multicast address (bit 0 of the first byte is set)",
-            ));
-        }
-        if bytes == [0; 6] {
-            return Err(bad("is all zeros"));
-        }
-        Ok(Self(bytes))
+            parts.next().is_none().then_some(bytes)
+        };
+        let mac = Self(parse().ok_or_else(|| NetConfigError::BadMac {
+            mac: text.to_string(),
+            problem: "is not six hex bytes separated by ':'",
+        })?);
+        mac.check()?;
+        Ok(mac)
+    }
+}
+
+impl MacAddr {
+    /// Whether a network card may have this address: unicast and not all zeros.
+    pub fn check(&self) -> Result<(), NetConfigError> {
+        let problem = if self.0[0] & 1 != 0 {
+            "is a multicast address (bit 0 of the first byte is set)"
+        } else if self.0 == [0; 6] {
+            "is all zeros"
+        } else {
+            return Ok(());
+        };
+        Err(NetConfigError::BadMac {
+            mac: self.to_string(),
+            problem,
+        })
     }
 }
 
@@ -178,8 +182,7 @@ pub fn validate_nets(nets: &[NetConfig]) -> Result<(), NetConfigError> {
     for net in nets {
         net.check_tap()?;
         if let Some(mac) = net.mac {
-            // A MAC from a config file did not go through the flag parser.
-            mac.to_string().parse::<MacAddr>()?;
+            mac.check()?;
         }
         if !taps.insert(net.tap.as_str()) {
             return Err(NetConfigError::DuplicateTap(net.tap.clone()));
