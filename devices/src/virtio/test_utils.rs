@@ -740,3 +740,65 @@ pub(crate) fn run_checked(
     snapshot.assert_no_stray_write(&driver.mem, &allowed, &driver.ring_ranges(), ctx);
     entries
 }
+
+/// The driver side of a single-queue device under test (virtio-blk, virtio-rng): guest memory,
+/// the queue's rings, the interrupt the device raises, the queue's notify eventfd, and how
+/// many used entries the test has checked so far.
+pub(crate) struct SingleQueueDriver {
+    pub(crate) mem: GuestMemoryMmap,
+    pub(crate) driver: DriverQueue,
+    pub(crate) irq: std::sync::Arc<RecordingInterrupt>,
+    pub(crate) notify: EventFd,
+    pub(crate) completed: u16,
+}
+
+impl SingleQueueDriver {
+    /// Guest memory and a queue of `size` entries; call [`activate`](Self::activate) next.
+    pub(crate) fn new(size: u16) -> Self {
+        let mem = guest_memory();
+        Self {
+            driver: DriverQueue::new(&mem, size),
+            mem,
+            irq: std::sync::Arc::new(RecordingInterrupt::default()),
+            notify: EventFd::new(EFD_NONBLOCK).unwrap(),
+            completed: 0,
+        }
+    }
+
+    /// Starts `device` on freshly initialised rings, as a driver does after a reset.
+    pub(crate) fn activate(&mut self, device: &mut dyn super::VirtioDevice) {
+        self.driver = DriverQueue::new(&self.mem, self.driver.size);
+        self.completed = 0;
+        let queue = ActiveQueue {
+            queue: self.driver.device_queue(),
+            notify: self.notify.try_clone().unwrap(),
+        };
+        device
+            .activate(self.mem.clone(), self.irq.clone(), vec![queue])
+            .unwrap();
+    }
+
+    /// Runs `process` (the device's queue work) and checks that `head` alone was completed,
+    /// with one queue interrupt; returns its used length.
+    pub(crate) fn complete(&mut self, head: u16, process: impl FnOnce()) -> u32 {
+        let (queue_irqs, _, _) = self.irq.counts();
+        process();
+        assert_eq!(self.driver.used_idx(), self.completed + 1, "one completion");
+        let (id, len) = self.driver.used(self.completed);
+        assert_eq!(id, u32::from(head));
+        self.completed += 1;
+        assert_eq!(self.irq.counts().0, queue_irqs + 1, "one queue interrupt");
+        len
+    }
+
+    /// After a batch of hostile requests: if the device asked for a reset, resets it and
+    /// starts it again; then takes every used entry so far as checked.
+    pub(crate) fn recover(&mut self, device: &mut dyn super::VirtioDevice, ctx: &str) {
+        if self.irq.counts().2 > 0 {
+            assert!(device.reset(), "{ctx}");
+            self.irq = std::sync::Arc::new(RecordingInterrupt::default());
+            self.activate(device);
+        }
+        self.completed = self.driver.used_idx();
+    }
+}

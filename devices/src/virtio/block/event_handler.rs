@@ -104,10 +104,10 @@ mod tests {
     use crate::virtio::chain::{DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE};
     use crate::virtio::test_utils::{
         guest_memory, readable, run_checked, scribble, writable, Buf, DriverQueue, MemSnapshot,
-        RandomChains, RecordingInterrupt, TempImage, HIGH_START, MEM_SIZE, USED_RING,
+        RandomChains, RecordingInterrupt, SingleQueueDriver, TempImage, HIGH_START, MEM_SIZE,
+        USED_RING,
     };
     use crate::virtio::{ActiveQueue, VirtioDevice};
-    use petrel_memory::GuestMemoryMmap;
 
     const HEADER: u64 = 0x10000;
     const DATA: u64 = 0x20000;
@@ -125,11 +125,7 @@ mod tests {
     struct Harness {
         image: TempImage,
         block: Block,
-        mem: GuestMemoryMmap,
-        driver: DriverQueue,
-        irq: Arc<RecordingInterrupt>,
-        notify: EventFd,
-        completed: u16,
+        q: SingleQueueDriver,
     }
 
     impl Harness {
@@ -141,15 +137,10 @@ mod tests {
                 id: Some("disk0".into()),
             })
             .unwrap();
-            let mem = guest_memory();
             let mut harness = Self {
                 image,
                 block,
-                driver: DriverQueue::new(&mem, SIZE),
-                mem,
-                irq: Arc::new(RecordingInterrupt::default()),
-                notify: EventFd::new(EFD_NONBLOCK).unwrap(),
-                completed: 0,
+                q: SingleQueueDriver::new(SIZE),
             };
             harness.activate();
             harness
@@ -157,55 +148,52 @@ mod tests {
 
         /// Starts the device on freshly initialised rings, as a driver does after a reset.
         fn activate(&mut self) {
-            self.driver = DriverQueue::new(&self.mem, SIZE);
-            self.completed = 0;
-            let queue = ActiveQueue {
-                queue: self.driver.device_queue(),
-                notify: self.notify.try_clone().unwrap(),
-            };
-            self.block
-                .activate(self.mem.clone(), self.irq.clone(), vec![queue])
-                .unwrap();
+            self.q.activate(&mut self.block);
         }
 
         fn header(&self, request_type: u32, sector: u64) {
-            self.mem
+            self.q
+                .mem
                 .write_obj(request_type, GuestAddress(HEADER))
                 .unwrap();
-            self.mem.write_obj(0u32, GuestAddress(HEADER + 4)).unwrap();
-            self.mem
+            self.q
+                .mem
+                .write_obj(0u32, GuestAddress(HEADER + 4))
+                .unwrap();
+            self.q
+                .mem
                 .write_obj(sector, GuestAddress(HEADER + 8))
                 .unwrap();
         }
 
         fn status(&self) -> u8 {
-            self.mem.read_obj(GuestAddress(STATUS)).unwrap()
+            self.q.mem.read_obj(GuestAddress(STATUS)).unwrap()
         }
 
         fn guest_bytes(&self, addr: u64, len: usize) -> Vec<u8> {
             let mut bytes = vec![0; len];
-            self.mem.read_slice(&mut bytes, GuestAddress(addr)).unwrap();
+            self.q
+                .mem
+                .read_slice(&mut bytes, GuestAddress(addr))
+                .unwrap();
             bytes
         }
 
         /// Publishes `bufs` as one chain, runs the queue, checks that exactly that chain was
         /// completed, and returns its used length.
         fn submit(&mut self, bufs: &[Buf]) -> u32 {
-            self.mem.write_obj(UNTOUCHED, GuestAddress(STATUS)).unwrap();
-            let head = self.driver.add_chain(bufs);
+            self.q
+                .mem
+                .write_obj(UNTOUCHED, GuestAddress(STATUS))
+                .unwrap();
+            let head = self.q.driver.add_chain(bufs);
             self.complete(head)
         }
 
         /// Runs the queue and checks that `head` was completed; returns its used length.
         fn complete(&mut self, head: u16) -> u32 {
-            let (queue_irqs, _, _) = self.irq.counts();
-            self.block.process_queue();
-            assert_eq!(self.driver.used_idx(), self.completed + 1, "one completion");
-            let (id, len) = self.driver.used(self.completed);
-            assert_eq!(id, u32::from(head));
-            self.completed += 1;
-            assert_eq!(self.irq.counts().0, queue_irqs + 1, "one queue interrupt");
-            len
+            let device = &mut self.block;
+            self.q.complete(head, || device.process_queue())
         }
 
         fn read(&mut self, sector: u64, len: u32) -> (u8, u32) {
@@ -219,7 +207,7 @@ mod tests {
         }
 
         fn write(&mut self, sector: u64, data: &[u8]) -> (u8, u32) {
-            self.mem.write_slice(data, GuestAddress(DATA)).unwrap();
+            self.q.mem.write_slice(data, GuestAddress(DATA)).unwrap();
             self.header(VIRTIO_BLK_T_OUT, sector);
             let used = self.submit(&[
                 readable(HEADER, 16),
@@ -238,9 +226,15 @@ mod tests {
         fn ranges(&mut self, request_type: u32, ranges: &[(u64, u32, u32)]) -> (u8, u32) {
             for (i, &(sector, sectors, flags)) in ranges.iter().enumerate() {
                 let addr = DATA + 16 * i as u64;
-                self.mem.write_obj(sector, GuestAddress(addr)).unwrap();
-                self.mem.write_obj(sectors, GuestAddress(addr + 8)).unwrap();
-                self.mem.write_obj(flags, GuestAddress(addr + 12)).unwrap();
+                self.q.mem.write_obj(sector, GuestAddress(addr)).unwrap();
+                self.q
+                    .mem
+                    .write_obj(sectors, GuestAddress(addr + 8))
+                    .unwrap();
+                self.q
+                    .mem
+                    .write_obj(flags, GuestAddress(addr + 12))
+                    .unwrap();
             }
             self.header(request_type, 0);
             let used = self.submit(&[
@@ -254,7 +248,8 @@ mod tests {
         /// The next valid request still works: a two-sector read returns the image's bytes.
         fn assert_still_works(&mut self) {
             assert!(self.block.is_active());
-            self.mem
+            self.q
+                .mem
                 .write_slice(&[0u8; 1024], GuestAddress(DATA))
                 .unwrap();
             assert_eq!(self.read(1, 1024), (STATUS_OK, 1025));
@@ -277,7 +272,9 @@ mod tests {
         assert_eq!(h.simple(VIRTIO_BLK_T_FLUSH), (STATUS_OK, 1));
 
         h.header(VIRTIO_BLK_T_GET_ID, 0);
-        h.mem.write_slice(&[0xff; 32], GuestAddress(DATA)).unwrap();
+        h.q.mem
+            .write_slice(&[0xff; 32], GuestAddress(DATA))
+            .unwrap();
         let used = h.submit(&[
             readable(HEADER, 16),
             writable(DATA, 32),
@@ -291,7 +288,7 @@ mod tests {
         let used = h.submit(&[readable(HEADER, 16), writable(DATA, 3), writable(STATUS, 1)]);
         assert_eq!((h.status(), used), (STATUS_OK, 4));
 
-        assert_eq!(h.irq.counts(), (5, 0, 0));
+        assert_eq!(h.q.irq.counts(), (5, 0, 0));
         assert_eq!(h.block.bad_requests, 0);
     }
 
@@ -467,14 +464,14 @@ mod tests {
     fn a_looping_chain_gets_ioerr_in_its_last_descriptor() {
         let mut h = Harness::new(false);
         h.header(VIRTIO_BLK_T_IN, 0);
-        h.mem.write_obj(UNTOUCHED, GuestAddress(STATUS)).unwrap();
+        h.q.mem.write_obj(UNTOUCHED, GuestAddress(STATUS)).unwrap();
         // header -> data -> status -> header -> ...
-        h.driver.write_descriptor(0, HEADER, 16, DESC_F_NEXT, 1);
-        h.driver
+        h.q.driver.write_descriptor(0, HEADER, 16, DESC_F_NEXT, 1);
+        h.q.driver
             .write_descriptor(1, DATA, 512, DESC_F_NEXT | DESC_F_WRITE, 2);
-        h.driver
+        h.q.driver
             .write_descriptor(2, STATUS, 1, DESC_F_NEXT | DESC_F_WRITE, 0);
-        h.driver.publish(0);
+        h.q.driver.publish(0);
         let used = h.complete(0);
         assert_eq!((h.status(), used), (STATUS_IOERR, 1));
         h.assert_still_works();
@@ -484,18 +481,18 @@ mod tests {
     fn a_chain_of_more_descriptors_than_the_queue_holds_gets_ioerr() {
         let mut h = Harness::new(false);
         h.header(VIRTIO_BLK_T_IN, 0);
-        h.mem.write_obj(UNTOUCHED, GuestAddress(STATUS)).unwrap();
+        h.q.mem.write_obj(UNTOUCHED, GuestAddress(STATUS)).unwrap();
         // All 16 descriptors in one chain (header, 14 data buffers, status), and then the
         // last one links back to the first: the driver claims a 17th descriptor.
-        h.driver.write_descriptor(0, HEADER, 16, DESC_F_NEXT, 1);
+        h.q.driver.write_descriptor(0, HEADER, 16, DESC_F_NEXT, 1);
         for i in 1..15u16 {
             let addr = DATA + 512 * u64::from(i - 1);
-            h.driver
+            h.q.driver
                 .write_descriptor(i, addr, 512, DESC_F_NEXT | DESC_F_WRITE, i + 1);
         }
-        h.driver
+        h.q.driver
             .write_descriptor(15, STATUS, 1, DESC_F_NEXT | DESC_F_WRITE, 0);
-        h.driver.publish(0);
+        h.q.driver.publish(0);
         let used = h.complete(0);
         assert_eq!((h.status(), used), (STATUS_IOERR, 1));
         h.assert_still_works();
@@ -505,20 +502,20 @@ mod tests {
     fn a_link_outside_the_queue_and_indirect_tables_get_ioerr() {
         let mut h = Harness::new(false);
         h.header(VIRTIO_BLK_T_IN, 0);
-        h.mem.write_obj(UNTOUCHED, GuestAddress(STATUS)).unwrap();
-        h.driver
+        h.q.mem.write_obj(UNTOUCHED, GuestAddress(STATUS)).unwrap();
+        h.q.driver
             .write_descriptor(3, STATUS, 1, DESC_F_NEXT | DESC_F_WRITE, 200);
-        h.driver.publish(3);
+        h.q.driver.publish(3);
         assert_eq!(h.complete(3), 1);
         assert_eq!(h.status(), STATUS_IOERR);
 
         // Indirect descriptors were not offered.
-        h.mem.write_obj(UNTOUCHED, GuestAddress(STATUS)).unwrap();
-        h.driver.write_descriptor(4, HEADER, 16, DESC_F_NEXT, 5);
-        h.driver
+        h.q.mem.write_obj(UNTOUCHED, GuestAddress(STATUS)).unwrap();
+        h.q.driver.write_descriptor(4, HEADER, 16, DESC_F_NEXT, 5);
+        h.q.driver
             .write_descriptor(5, 0x50000, 48, DESC_F_NEXT | DESC_F_INDIRECT, 6);
-        h.driver.write_descriptor(6, STATUS, 1, DESC_F_WRITE, 0);
-        h.driver.publish(4);
+        h.q.driver.write_descriptor(6, STATUS, 1, DESC_F_WRITE, 0);
+        h.q.driver.publish(4);
         // The walk stops at the indirect descriptor; the last one read is the header,
         // which is not writable: no status can be given.
         assert_eq!(h.complete(4), 0);
@@ -658,14 +655,14 @@ mod tests {
     fn an_available_index_beyond_the_queue_needs_a_reset() {
         let mut h = Harness::new(false);
         // The driver claims 17 new buffers in a 16-entry queue.
-        h.driver.set_avail_idx(SIZE + 1);
+        h.q.driver.set_avail_idx(SIZE + 1);
         h.block.process_queue();
-        assert_eq!(h.driver.used_idx(), 0, "nothing completed");
-        assert_eq!(h.irq.counts(), (0, 0, 1), "DEVICE_NEEDS_RESET reported");
+        assert_eq!(h.q.driver.used_idx(), 0, "nothing completed");
+        assert_eq!(h.q.irq.counts(), (0, 0, 1), "DEVICE_NEEDS_RESET reported");
         // The device leaves the queue alone until it is reset...
-        h.driver.set_avail_idx(0);
+        h.q.driver.set_avail_idx(0);
         h.block.process_queue();
-        assert_eq!(h.irq.counts(), (0, 0, 1));
+        assert_eq!(h.q.irq.counts(), (0, 0, 1));
         // ...and works again after it.
         assert!(h.block.reset());
         h.activate();
@@ -676,10 +673,10 @@ mod tests {
     fn a_head_outside_the_queue_needs_a_reset() {
         let mut h = Harness::new(false);
         assert_eq!(h.read(0, 512), (STATUS_OK, 513));
-        h.driver.publish(SIZE + 3);
+        h.q.driver.publish(SIZE + 3);
         h.block.process_queue();
-        assert_eq!(h.driver.used_idx(), 1, "only the first request completed");
-        assert_eq!(h.irq.counts(), (1, 0, 1));
+        assert_eq!(h.q.driver.used_idx(), 1, "only the first request completed");
+        assert_eq!(h.q.irq.counts(), (1, 0, 1));
         assert!(h.block.reset());
         h.activate();
         h.assert_still_works();
@@ -690,31 +687,31 @@ mod tests {
         let mut h = Harness::new(false);
         h.header(VIRTIO_BLK_T_IN, 2);
         for i in 0..3u64 {
-            h.driver.add_chain(&[
+            h.q.driver.add_chain(&[
                 readable(HEADER, 16),
                 writable(DATA + 0x1000 * i, 512),
                 writable(STATUS + i, 1),
             ]);
         }
         h.block.process_queue();
-        assert_eq!(h.driver.used_idx(), 3);
+        assert_eq!(h.q.driver.used_idx(), 3);
         for i in 0..3u16 {
-            assert_eq!(h.driver.used(i), (3 * u32::from(i), 513));
+            assert_eq!(h.q.driver.used(i), (3 * u32::from(i), 513));
         }
-        assert_eq!(h.irq.counts(), (1, 0, 0));
+        assert_eq!(h.q.irq.counts(), (1, 0, 0));
         assert_eq!(
-            h.driver.used_flags(),
+            h.q.driver.used_flags(),
             0,
             "VRING_USED_F_NO_NOTIFY cleared again"
         );
         assert_eq!(
-            h.notify.read().ok(),
+            h.q.notify.read().ok(),
             None,
             "no self-kick for a partial ring"
         );
         // Nothing new: no completion, no interrupt.
         h.block.process_queue();
-        assert_eq!((h.driver.used_idx(), h.irq.counts()), (3, (1, 0, 0)));
+        assert_eq!((h.q.driver.used_idx(), h.q.irq.counts()), (3, (1, 0, 0)));
     }
 
     #[test]
@@ -722,13 +719,17 @@ mod tests {
         let mut h = Harness::new(false);
         h.header(VIRTIO_BLK_T_FLUSH, 0);
         for _ in 0..SIZE {
-            h.driver
+            h.q.driver
                 .add_chain(&[readable(HEADER, 16), writable(STATUS, 1)]);
         }
         h.block.process_queue();
-        assert_eq!(h.driver.used_idx(), SIZE);
-        assert_eq!(h.notify.read().unwrap(), 1, "the device asked to run again");
-        h.completed = SIZE;
+        assert_eq!(h.q.driver.used_idx(), SIZE);
+        assert_eq!(
+            h.q.notify.read().unwrap(),
+            1,
+            "the device asked to run again"
+        );
+        h.q.completed = SIZE;
         h.assert_still_works();
     }
 
@@ -737,11 +738,11 @@ mod tests {
         let mut h = Harness::new(false);
         assert!(h.block.reset());
         h.header(VIRTIO_BLK_T_FLUSH, 0);
-        h.driver
+        h.q.driver
             .add_chain(&[readable(HEADER, 16), writable(STATUS, 1)]);
         h.block.process_queue();
-        assert_eq!(h.driver.used_idx(), 0);
-        assert_eq!(h.irq.counts(), (0, 0, 0));
+        assert_eq!(h.q.driver.used_idx(), 0);
+        assert_eq!(h.q.irq.counts(), (0, 0, 0));
     }
 
     #[test]
@@ -751,11 +752,11 @@ mod tests {
         h.assert_still_works();
         h.block.disable_queue(0);
         h.header(VIRTIO_BLK_T_FLUSH, 0);
-        h.driver
+        h.q.driver
             .add_chain(&[readable(HEADER, 16), writable(STATUS, 1)]);
         h.block.process_queue();
-        assert_eq!(h.driver.used_idx(), h.completed, "nothing completed");
-        assert_eq!(h.irq.counts().2, 0, "not an error");
+        assert_eq!(h.q.driver.used_idx(), h.q.completed, "nothing completed");
+        assert_eq!(h.q.irq.counts().2, 0, "not an error");
         assert!(h.block.reset());
         h.activate();
         h.assert_still_works();
@@ -853,14 +854,14 @@ mod tests {
         let mut h = Harness::new(false);
         let limits = [16, 512, 513, 16 * 1024, (1 << 20) + 1, 17];
         let mut rc = RandomChains::new(SEED, (HEADER, MEM_SIZE), &limits);
-        scribble(&h.mem, &mut rc.rng, &h.driver.ring_ranges());
+        scribble(&h.q.mem, &mut rc.rng, &h.q.driver.ring_ranges());
         for batch in 0..BATCHES {
             let ctx = format!("seed {SEED:#x}, batch {batch}");
-            rc.begin(&mut h.driver);
-            let from = h.driver.used_idx();
+            rc.begin(&mut h.q.driver);
+            let from = h.q.driver.used_idx();
             let count = 1 + rc.rng.below(6);
-            let mem = h.mem.clone();
-            rc.batch(&mut h.driver, count, true, |rc, driver| {
+            let mem = h.q.mem.clone();
+            rc.batch(&mut h.q.driver, count, true, |rc, driver| {
                 if rc.rng.one_in(3) {
                     rc.chain(driver, None)
                 } else {
@@ -922,15 +923,10 @@ mod tests {
                     rc.buffers(driver, &bufs)
                 }
             });
-            let snapshot = MemSnapshot::take(&h.mem);
+            let snapshot = MemSnapshot::take(&h.q.mem);
             let block = &mut h.block;
-            run_checked(&h.driver, &snapshot, from, &ctx, || block.process_queue());
-            if h.irq.counts().2 > 0 {
-                assert!(h.block.reset(), "{ctx}");
-                h.irq = Arc::new(RecordingInterrupt::default());
-                h.activate();
-            }
-            h.completed = h.driver.used_idx();
+            run_checked(&h.q.driver, &snapshot, from, &ctx, || block.process_queue());
+            h.q.recover(&mut h.block, &ctx);
             h.assert_still_works();
         }
     }

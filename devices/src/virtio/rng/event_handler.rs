@@ -174,7 +174,7 @@ mod tests {
     use crate::virtio::chain::{DESC_F_NEXT, DESC_F_WRITE};
     use crate::virtio::test_utils::{
         guest_memory, readable, run_checked, scribble, writable, Buf, DriverQueue, MemSnapshot,
-        RandomChains, RecordingInterrupt, HIGH_START, MEM_SIZE,
+        RandomChains, RecordingInterrupt, SingleQueueDriver, HIGH_START, MEM_SIZE,
     };
     use crate::virtio::{ActiveQueue, VirtioDevice};
 
@@ -186,68 +186,49 @@ mod tests {
     /// An entropy device, activated with one 16-entry queue, and the driver.
     struct Harness {
         rng: Rng,
-        mem: GuestMemoryMmap,
-        driver: DriverQueue,
-        irq: Arc<RecordingInterrupt>,
-        notify: EventFd,
-        completed: u16,
+        q: SingleQueueDriver,
     }
 
     impl Harness {
         fn new() -> Self {
-            let mem = guest_memory();
             let mut harness = Self {
                 rng: Rng::new().unwrap(),
-                driver: DriverQueue::new(&mem, SIZE),
-                mem,
-                irq: Arc::new(RecordingInterrupt::default()),
-                notify: EventFd::new(EFD_NONBLOCK).unwrap(),
-                completed: 0,
+                q: SingleQueueDriver::new(SIZE),
             };
             harness.activate();
             harness
         }
 
         fn activate(&mut self) {
-            self.driver = DriverQueue::new(&self.mem, SIZE);
-            self.completed = 0;
-            let queue = ActiveQueue {
-                queue: self.driver.device_queue(),
-                notify: self.notify.try_clone().unwrap(),
-            };
-            self.rng
-                .activate(self.mem.clone(), self.irq.clone(), vec![queue])
-                .unwrap();
+            self.q.activate(&mut self.rng);
         }
 
         fn preset(&self, addr: u64, len: usize) {
-            self.mem
+            self.q
+                .mem
                 .write_slice(&vec![UNTOUCHED; len], GuestAddress(addr))
                 .unwrap();
         }
 
         fn guest_bytes(&self, addr: u64, len: usize) -> Vec<u8> {
             let mut bytes = vec![0; len];
-            self.mem.read_slice(&mut bytes, GuestAddress(addr)).unwrap();
+            self.q
+                .mem
+                .read_slice(&mut bytes, GuestAddress(addr))
+                .unwrap();
             bytes
         }
 
         /// Publishes `bufs` as one chain and returns its used length.
         fn submit(&mut self, bufs: &[Buf]) -> u32 {
-            let head = self.driver.add_chain(bufs);
+            let head = self.q.driver.add_chain(bufs);
             self.complete(head)
         }
 
         /// Runs the queue and checks that `head` alone was completed; returns its used length.
         fn complete(&mut self, head: u16) -> u32 {
-            let (queue_irqs, _, _) = self.irq.counts();
-            self.rng.process_queue();
-            assert_eq!(self.driver.used_idx(), self.completed + 1, "one completion");
-            let (id, len) = self.driver.used(self.completed);
-            assert_eq!(id, u32::from(head));
-            self.completed += 1;
-            assert_eq!(self.irq.counts().0, queue_irqs + 1, "one queue interrupt");
-            len
+            let device = &mut self.rng;
+            self.q.complete(head, || device.process_queue())
         }
 
         /// Reads 64 random bytes through the queue.
@@ -260,7 +241,7 @@ mod tests {
         fn assert_still_works(&mut self) {
             let bytes = self.read64();
             assert_ne!(bytes, vec![UNTOUCHED; 64]);
-            assert_eq!(self.irq.counts().2, 0, "no reset needed");
+            assert_eq!(self.q.irq.counts().2, 0, "no reset needed");
         }
     }
 
@@ -361,16 +342,16 @@ mod tests {
         let mut h = Harness::new();
         h.preset(DATA, 128);
         // 0 -> 1 -> 0: a loop.
-        h.driver
+        h.q.driver
             .write_descriptor(0, DATA, 64, DESC_F_NEXT | DESC_F_WRITE, 1);
-        h.driver
+        h.q.driver
             .write_descriptor(1, DATA + 64, 64, DESC_F_NEXT | DESC_F_WRITE, 0);
-        h.driver.publish(0);
+        h.q.driver.publish(0);
         assert_eq!(h.complete(0), 0);
         // A next index outside the queue.
-        h.driver
+        h.q.driver
             .write_descriptor(2, DATA, 64, DESC_F_NEXT | DESC_F_WRITE, SIZE + 5);
-        h.driver.publish(2);
+        h.q.driver.publish(2);
         assert_eq!(h.complete(2), 0);
         assert_eq!(h.guest_bytes(DATA, 128), vec![UNTOUCHED; 128]);
         assert_eq!(h.rng.bad_requests, 2);
@@ -382,35 +363,39 @@ mod tests {
     fn queue_errors_need_a_reset() {
         let mut h = Harness::new();
         // The driver claims 17 new buffers in a 16-entry queue.
-        h.driver.set_avail_idx(SIZE + 1);
+        h.q.driver.set_avail_idx(SIZE + 1);
         h.rng.process_queue();
-        assert_eq!(h.driver.used_idx(), 0, "nothing completed");
-        assert_eq!(h.irq.counts(), (0, 0, 1), "DEVICE_NEEDS_RESET reported");
-        h.driver.set_avail_idx(0);
+        assert_eq!(h.q.driver.used_idx(), 0, "nothing completed");
+        assert_eq!(h.q.irq.counts(), (0, 0, 1), "DEVICE_NEEDS_RESET reported");
+        h.q.driver.set_avail_idx(0);
         h.rng.process_queue();
-        assert_eq!(h.irq.counts(), (0, 0, 1), "the queue is left alone");
+        assert_eq!(h.q.irq.counts(), (0, 0, 1), "the queue is left alone");
         assert!(h.rng.reset());
-        h.irq = Arc::new(RecordingInterrupt::default());
+        h.q.irq = Arc::new(RecordingInterrupt::default());
         h.activate();
         h.assert_still_works();
 
         // A head outside the queue.
-        h.driver.publish(SIZE + 3);
+        h.q.driver.publish(SIZE + 3);
         h.rng.process_queue();
-        assert_eq!(h.irq.counts(), (1, 0, 1));
+        assert_eq!(h.q.irq.counts(), (1, 0, 1));
     }
 
     #[test]
     fn a_full_ring_yields_to_the_event_loop_and_continues() {
         let mut h = Harness::new();
         for _ in 0..SIZE {
-            h.driver.add_chain(&[writable(DATA, 16)]);
+            h.q.driver.add_chain(&[writable(DATA, 16)]);
         }
         h.rng.process_queue();
-        assert_eq!(h.driver.used_idx(), SIZE);
-        assert_eq!(h.irq.counts(), (1, 0, 0), "one interrupt for the batch");
-        assert_eq!(h.notify.read().unwrap(), 1, "the device asked to run again");
-        h.completed = SIZE;
+        assert_eq!(h.q.driver.used_idx(), SIZE);
+        assert_eq!(h.q.irq.counts(), (1, 0, 0), "one interrupt for the batch");
+        assert_eq!(
+            h.q.notify.read().unwrap(),
+            1,
+            "the device asked to run again"
+        );
+        h.q.completed = SIZE;
         h.assert_still_works();
     }
 
@@ -418,12 +403,12 @@ mod tests {
     fn an_inactive_or_disabled_device_ignores_its_queue() {
         let mut h = Harness::new();
         h.rng.disable_queue(0);
-        h.driver.add_chain(&[writable(DATA, 16)]);
+        h.q.driver.add_chain(&[writable(DATA, 16)]);
         h.rng.process_queue();
-        assert_eq!(h.driver.used_idx(), 0);
+        assert_eq!(h.q.driver.used_idx(), 0);
         assert!(h.rng.reset());
         h.rng.process_queue();
-        assert_eq!((h.driver.used_idx(), h.irq.counts()), (0, (0, 0, 0)));
+        assert_eq!((h.q.driver.used_idx(), h.q.irq.counts()), (0, (0, 0, 0)));
     }
 
     #[test]
@@ -463,13 +448,13 @@ mod tests {
         const BATCHES: u64 = 600;
         let mut h = Harness::new();
         let mut rc = RandomChains::new(SEED, (DATA, MEM_SIZE), &[MAX_REQUEST_BYTES]);
-        scribble(&h.mem, &mut rc.rng, &h.driver.ring_ranges());
+        scribble(&h.q.mem, &mut rc.rng, &h.q.driver.ring_ranges());
         for batch in 0..BATCHES {
             let ctx = format!("seed {SEED:#x}, batch {batch}");
-            rc.begin(&mut h.driver);
-            let from = h.driver.used_idx();
+            rc.begin(&mut h.q.driver);
+            let from = h.q.driver.used_idx();
             let count = 1 + rc.rng.below(6);
-            rc.batch(&mut h.driver, count, true, |rc, driver| {
+            rc.batch(&mut h.q.driver, count, true, |rc, driver| {
                 if rc.rng.one_in(3) {
                     let (addr, len) = (rc.addr(), rc.len());
                     let mut bufs = rc.split(addr, len, true);
@@ -479,21 +464,16 @@ mod tests {
                     rc.chain(driver, Some(true))
                 }
             });
-            let snapshot = MemSnapshot::take(&h.mem);
+            let snapshot = MemSnapshot::take(&h.q.mem);
             let rng = &mut h.rng;
-            let entries = run_checked(&h.driver, &snapshot, from, &ctx, || rng.process_queue());
+            let entries = run_checked(&h.q.driver, &snapshot, from, &ctx, || rng.process_queue());
             for (id, len) in entries {
                 assert!(
                     len <= MAX_REQUEST_BYTES,
                     "{ctx}: chain {id} got {len} bytes"
                 );
             }
-            if h.irq.counts().2 > 0 {
-                assert!(h.rng.reset(), "{ctx}");
-                h.irq = Arc::new(RecordingInterrupt::default());
-                h.activate();
-            }
-            h.completed = h.driver.used_idx();
+            h.q.recover(&mut h.rng, &ctx);
             h.assert_still_works();
         }
     }
